@@ -1,0 +1,121 @@
+"""Budgets: how much, and where, an image may change.
+
+A budget is set up once on the original pixels (``setup``), gives the per-pixel scale of an
+optimisation step (``caps``), and projects a perturbation back into the allowed set (``project``).
+Pixels are ``[B, 3, H, W]`` in 0..1; perturbations are float32 of the same shape.
+"""
+from __future__ import annotations
+
+import math
+
+import kornia
+import torch
+
+
+class LinfBox:
+    """Every pixel may move by at most ``eps`` (the L∞ ball of PGD / PhotoGuard / Mist)."""
+
+    def __init__(self, eps: float):
+        if not 0 < eps <= 1:
+            raise ValueError(f"eps must be in (0, 1] (pixel units), got {eps}")
+        self.eps = float(eps)
+        self.caps: torch.Tensor | None = None
+
+    def setup(self, x: torch.Tensor) -> None:
+        self.caps = torch.full_like(x[:, :1], self.eps)
+
+    def project(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        delta = torch.maximum(torch.minimum(delta, self.caps), -self.caps)
+        return (x + delta).clamp(0, 1) - x
+
+    def penalty(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+
+def texture_map(x: torch.Tensor, window: int = 7, knee: float = 0.03, smooth: float = 2.0) -> torch.Tensor:
+    """How much local texture can hide a change, ``[B, 1, H, W]`` in 0..1 (0 = flat colour).
+
+    The local standard deviation of luminance over a ``window``² box, squashed by ``std/(std+knee)``
+    and smoothed so the budget has no hard edges that would themselves be visible.
+    """
+    y = kornia.color.rgb_to_grayscale(x)
+    mean = kornia.filters.box_blur(y, (window, window), border_type="reflect")
+    mean_sq = kornia.filters.box_blur(y * y, (window, window), border_type="reflect")
+    std = (mean_sq - mean * mean).clamp_min(0).sqrt()
+    t = std / (std + knee)
+    k = 2 * math.ceil(3 * smooth) + 1
+    return kornia.filters.gaussian_blur2d(t, (k, k), (smooth, smooth), border_type="reflect").clamp(0, 1)
+
+
+class AdaptiveBudget(LinfBox):
+    """Content-adaptive budget (the default): change goes where texture hides it.
+
+    Per-pixel cap ``eps * (floor + (1 - floor) * texture)``, so flat colours and smooth backgrounds
+    (where Glaze and Nightshade artefacts show most) get only ``floor * eps``; plus an optional
+    per-image L2 ceiling given as a PSNR floor (``min_psnr`` dB), which spends the change where it
+    moves the encoder most rather than saturating every pixel as an L∞ sign attack does.
+    """
+
+    def __init__(self, eps: float, floor: float = 0.2, min_psnr: float | None = None, window: int = 7):
+        super().__init__(eps)
+        if not 0 <= floor <= 1:
+            raise ValueError(f"floor must be in [0, 1], got {floor}")
+        self.floor, self.min_psnr, self.window = float(floor), min_psnr, window
+        self.radius: torch.Tensor | None = None
+
+    def setup(self, x: torch.Tensor) -> None:
+        t = texture_map(x.float(), self.window)
+        self.caps = self.eps * (self.floor + (1 - self.floor) * t)
+        if self.min_psnr is not None:
+            n = x[0].numel()
+            self.radius = torch.full((x.shape[0],), math.sqrt(n) * 10 ** (-self.min_psnr / 20), device=x.device)
+
+    def project(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        delta = super().project(x, delta)
+        if self.radius is not None:
+            norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+            delta = delta * (self.radius / norm).clamp(max=1.0).view(-1, 1, 1, 1)
+        return delta
+
+
+class LpipsBudget(AdaptiveBudget):
+    """Glaze's perceptual budget: ``alpha * max(LPIPS(x+δ, x) - p, 0)`` added to the loss, inside an
+    adaptive box. Needs the ``lpips`` package and its network weights, which this machine cannot download.
+    """
+
+    def __init__(self, eps: float, p: float = 0.05, alpha: float = 30.0, **kw):
+        super().__init__(eps, **kw)
+        self.p, self.alpha = p, alpha
+        self.net = load_lpips()
+
+    def penalty(self, x, x_adv):
+        net = self.net.to(x.device)
+        d = net(x_adv * 2 - 1, x * 2 - 1).flatten(1).mean(1)
+        return self.alpha * (d - self.p).clamp_min(0)
+
+
+def load_lpips():
+    try:
+        import lpips  # optional dependency
+    except ImportError as e:
+        raise RuntimeError(
+            "the LPIPS budget needs the 'lpips' package: pip install lpips (with internet once, so it can "
+            "fetch its AlexNet weights), or choose the 'adaptive' budget, which needs no weights") from e
+    try:
+        return lpips.LPIPS(net="alex", verbose=False).eval().requires_grad_(False)
+    except Exception as e:  # weights are fetched on first use
+        raise RuntimeError(
+            f"LPIPS weights could not be loaded ({type(e).__name__}: {e}); run once with internet so lpips "
+            "can download them, or choose the 'adaptive' budget, which needs no weights") from e
+
+
+def quantize_to_8bit(x: torch.Tensor, x_adv: torch.Tensor, caps: torch.Tensor) -> torch.Tensor:
+    """Round ``x_adv`` to 8-bit levels without leaving the budget, so it holds in a saved PNG too.
+
+    Rounds to the nearest level, then steps any pixel that rounding pushed past its cap one level back
+    toward the original (exact when ``x`` is itself on 8-bit levels, as images loaded from PNG/JPG are).
+    """
+    q = torch.round(x_adv.clamp(0, 1) * 255) / 255
+    over = (q - x).abs() > caps + 1e-6
+    back = q - torch.sign(q - x) / 255
+    return torch.where(over, back, q).clamp(0, 1)

@@ -1,0 +1,184 @@
+"""Cloaking images end to end: presets, padding, one optimisation per image, 8-bit output, report.
+
+Used by GlazePerturb and NightshadePoison alike; only the objective differs. Images are ``[B, 3, H, W]``
+in 0..1 (the nodes convert from ComfyUI's ``[B, H, W, C]``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import metrics
+from .budgets import AdaptiveBudget, LinfBox, LpipsBudget, quantize_to_8bit
+from .encoders import EncoderEnsemble
+from .optimize import optimize
+from .transforms import ROBUSTNESS_LEVELS
+
+
+@dataclass(frozen=True)
+class CloakSettings:
+    """Everything that shapes one cloak. ``eps`` is the largest per-pixel change (0..1 units)."""
+
+    eps: float = 8 / 255
+    floor: float = 0.2
+    min_psnr: float | None = 35.0
+    budget: str = "adaptive"  # "adaptive" | "linf" | "lpips"
+    steps: int = 100
+    robustness: str = "on"
+    step_rule: str = "adam"
+    lr: float = 0.25
+    lr_final: float = 0.01
+    patience: int = 0
+
+    def make_budget(self):
+        if self.budget == "adaptive":
+            return AdaptiveBudget(self.eps, floor=self.floor, min_psnr=self.min_psnr)
+        if self.budget == "linf":
+            return LinfBox(self.eps)
+        if self.budget == "lpips":
+            return LpipsBudget(self.eps, floor=self.floor, min_psnr=self.min_psnr)
+        raise ValueError(f"unknown budget {self.budget!r}; choose adaptive, linf or lpips")
+
+
+# Intensity: how much the image may change. eps caps any pixel; min_psnr caps the total change.
+INTENSITY = {
+    "low": dict(eps=6 / 255, min_psnr=38.0),
+    "default": dict(eps=10 / 255, min_psnr=35.0),
+    "high": dict(eps=16 / 255, min_psnr=32.0),
+}
+# Render quality: how long to compute (optimisation steps), as in Glaze.
+RENDER_QUALITY = {"faster": 50, "default": 100, "slowest": 300}
+
+
+def settings_for(intensity: str = "default", render_quality: str = "default", robustness: str = "on",
+                 custom_eps: float | None = None, budget: str = "adaptive") -> CloakSettings:
+    """Settings from the user-facing presets. ``intensity="custom"`` uses ``custom_eps`` (0..1 units)."""
+    if render_quality not in RENDER_QUALITY:
+        raise ValueError(f"unknown render quality {render_quality!r}; choose one of {list(RENDER_QUALITY)}")
+    if robustness not in ROBUSTNESS_LEVELS:
+        raise ValueError(f"unknown robustness {robustness!r}; choose one of {list(ROBUSTNESS_LEVELS)}")
+    if intensity == "custom":
+        if custom_eps is None or not 0 < custom_eps <= 0.25:
+            raise ValueError(f"a custom intensity needs a budget in (0, 64/255], got {custom_eps}")
+        level = dict(eps=custom_eps, min_psnr=None)
+    elif intensity in INTENSITY:
+        level = INTENSITY[intensity]
+    else:
+        raise ValueError(f"unknown intensity {intensity!r}; choose one of {list(INTENSITY) + ['custom']}")
+    return CloakSettings(steps=RENDER_QUALITY[render_quality], robustness=robustness, budget=budget, **level)
+
+
+def check_images(images: torch.Tensor, encoder: EncoderEnsemble, what: str = "image") -> None:
+    """Clear errors for input that cannot be cloaked."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{what}: expected an image tensor, got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"{what}: expected RGB images shaped [B, 3, H, W], got {list(images.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{what}: the batch is empty; connect at least one image")
+    h, w = images.shape[-2:]
+    if min(h, w) < encoder.min_size:
+        raise ValueError(f"{what}: {w}x{h} is smaller than this encoder can take; images need at least "
+                         f"{encoder.min_size} px on each side: upscale it first")
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{what}: contains NaN or infinite values")
+
+
+def padder(h: int, w: int, multiple: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Pad bottom/right (replicate) up to the encoder's multiple; identity when already aligned."""
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return lambda x: x
+    return lambda x: F.pad(x, (0, pw, 0, ph), mode="replicate")
+
+
+def latent_sizes(encoder: EncoderEnsemble, padded: torch.Tensor) -> list[tuple[int, int]]:
+    with torch.no_grad():
+        return [tuple(m(padded[:1]).shape[-2:]) for m in encoder.members]
+
+
+@dataclass
+class CloakResult:
+    images: torch.Tensor         # [B, 3, H, W] cloaked, on 8-bit levels
+    reports: list[dict]          # one per image: psnr, ssim, target_gain, linf_255, steps, seconds
+
+
+ObjectiveFactory = Callable[[int, torch.Tensor], object]
+
+
+def cloak_images(images: torch.Tensor, encoder: EncoderEnsemble, make_objective: ObjectiveFactory,
+                 settings: CloakSettings, seed: int = 0,
+                 on_progress: Callable[[int, int], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None,
+                 on_step: Callable | None = None) -> CloakResult:
+    """Cloak each image on its own (seed ``seed + i``), so results do not depend on batch composition.
+
+    ``make_objective(i, padded_image)`` returns the objective for image ``i`` (see engine.objectives).
+    ``on_progress(done, total)`` counts optimisation steps over the whole batch.
+    """
+    check_images(images, encoder)
+    if hasattr(encoder, "prepare"):
+        encoder.prepare()
+    b, _, h, w = images.shape
+    pad = padder(h, w, encoder.multiple)
+    eot = ROBUSTNESS_LEVELS[settings.robustness]
+    total = b * settings.steps
+    out, reports = [], []
+    for i in range(b):
+        start = time.perf_counter()
+        x = images[i:i + 1].detach().float().cpu()
+        device = encoder.members[0].device
+        x = x.to(device)
+        objective = make_objective(i, pad(x))
+        objective.calibrate(pad(x))
+        budget = settings.make_budget()
+        done_before = i * settings.steps
+
+        def step_cb(step, steps, loss, delta, _base=done_before):
+            if on_progress is not None:
+                on_progress(_base + step, total)
+            if on_step is not None:
+                on_step(step, steps, loss, delta)
+
+        res = optimize(x, objective.loss, budget, settings.steps, seed=seed + i, transforms=eot, view=pad,
+                       step_rule=settings.step_rule, lr=settings.lr, lr_final=settings.lr_final,
+                       patience=settings.patience, on_step=step_cb, should_stop=should_stop)
+        x_adv = quantize_to_8bit(x, x + res.delta, budget.caps)
+        with torch.no_grad():
+            gain = metrics.target_gain(objective.distances(pad(x)), objective.distances(pad(x_adv)))
+        reports.append({
+            "psnr": float(metrics.psnr(x_adv, x)[0]),
+            "ssim": float(metrics.ssim(x_adv, x)[0]),
+            "target_gain": float(gain[0]),
+            "linf_255": float((x_adv - x).abs().max() * 255),
+            "steps": res.steps_run,
+            "seconds": time.perf_counter() - start,
+        })
+        if on_progress is not None and res.steps_run < settings.steps:
+            on_progress(done_before + settings.steps, total)
+        out.append(x_adv.cpu())
+    return CloakResult(torch.cat(out, 0), reports)
+
+
+def reference_settings(eps: float, steps: int) -> CloakSettings:
+    """The plain reference loop: PhotoGuard-style L∞ sign-gradient PGD, step ε/3 decaying to ε/300, no EOT."""
+    return CloakSettings(eps=eps, budget="linf", min_psnr=None, steps=steps, robustness="off",
+                         step_rule="sign", lr=1 / 3, lr_final=1 / 300)
+
+
+def format_report(reports: list[dict], title: str) -> str:
+    """A short human-readable report, one line per image."""
+    lines = [title]
+    for i, r in enumerate(reports):
+        lines.append(f"image {i}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}, target gain "
+                     f"{r['target_gain']:.3f}, max change {r['linf_255']:.0f}/255, {r['steps']} steps, "
+                     f"{r['seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+__all__ = ["CloakSettings", "INTENSITY", "RENDER_QUALITY", "settings_for", "cloak_images", "CloakResult",
+           "reference_settings", "format_report", "check_images", "padder", "latent_sizes", "replace"]

@@ -1,0 +1,114 @@
+"""Encoder adapters: the one interface every objective talks to.
+
+An encoder maps pixels ``[B, 3, H, W]`` in 0..1 to latents ``[B, C, H/f, W/f]`` and must be
+differentiable with respect to its input. ComfyUI's VAEs, TAESD, or any torch callable fit behind
+:class:`CallableEncoder`; several encoders form an :class:`EncoderEnsemble` so that a cloak computed
+against all of them transfers better to models the artist cannot test.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class LatentEncoder(Protocol):
+    """What the engine needs from an encoder.
+
+    ``name``          a stable identity (used to check a style target was made with this encoder);
+    ``multiple``      input sides must be a multiple of this (the spatial downscale factor);
+    ``min_size``      the smallest side (pixels) worth encoding;
+    ``device``/``dtype`` where and in which precision the model runs (the perturbation stays float32).
+    """
+
+    name: str
+    multiple: int
+    min_size: int
+    device: torch.device
+    dtype: torch.dtype
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class CallableEncoder:
+    """Wraps ``fn(pixels_0_1) -> latents`` with the metadata the engine needs.
+
+    ``prepare`` (optional) is called once before a batch of work (e.g. to load the model onto its device).
+    """
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    name: str
+    multiple: int = 8
+    min_size: int = 32
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    prepare: Callable[[], None] | None = None
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        check_pixels(pixels)
+        out = self.fn(pixels.to(device=self.device, dtype=self.dtype))
+        return out.float()
+
+
+def check_pixels(pixels: torch.Tensor) -> None:
+    if not isinstance(pixels, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor of pixels, got {type(pixels).__name__}")
+    if pixels.ndim != 4 or pixels.shape[1] != 3:
+        raise ValueError(f"expected pixels shaped [B, 3, H, W], got {list(pixels.shape)}")
+
+
+class EncoderEnsemble:
+    """Several encoders used together; objectives keep one target per member.
+
+    ``weights`` scale each member's share of the loss (default: equal). The ensemble's ``multiple``
+    is the least common multiple of its members', its ``min_size`` the largest.
+    """
+
+    def __init__(self, members: Sequence[LatentEncoder], weights: Sequence[float] | None = None):
+        flat: list[LatentEncoder] = []
+        for m in members:
+            flat.extend(m.members if isinstance(m, EncoderEnsemble) else [m])
+        if not flat:
+            raise ValueError("an encoder ensemble needs at least one encoder")
+        self.members = flat
+        w = list(weights) if weights is not None else [1.0] * len(flat)
+        if len(w) != len(flat):
+            raise ValueError(f"got {len(w)} weights for {len(flat)} encoders")
+        total = float(sum(w))
+        self.weights = [float(x) / total for x in w]
+        mult = 1
+        for m in flat:
+            mult = mult * m.multiple // _gcd(mult, m.multiple)
+        self.multiple = mult
+        self.min_size = max(m.min_size for m in flat)
+        self.name = "+".join(m.name for m in flat)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def prepare(self) -> None:
+        for m in self.members:
+            if getattr(m, "prepare", None) is not None:
+                m.prepare()
+
+
+def _gcd(a: int, b: int) -> int:
+    while b:
+        a, b = b, a % b
+    return a
+
+
+def as_ensemble(encoder: LatentEncoder | EncoderEnsemble) -> EncoderEnsemble:
+    return encoder if isinstance(encoder, EncoderEnsemble) else EncoderEnsemble([encoder])
+
+
+def module_encoder(module: torch.nn.Module, name: str, multiple: int = 8, min_size: int = 32,
+                   scale_to_signed: bool = True) -> CallableEncoder:
+    """An encoder from a plain ``nn.Module`` (tests, benchmarks): pixels 0..1, optionally mapped to -1..1."""
+    p = next(module.parameters())
+    fn = (lambda x: module(x * 2.0 - 1.0)) if scale_to_signed else module
+    return CallableEncoder(fn=fn, name=name, multiple=multiple, min_size=min_size,
+                           device=p.device, dtype=p.dtype)

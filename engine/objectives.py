@@ -1,0 +1,180 @@
+"""Objectives: what "moving the encoder's view" means, as small callables over encoded pixels.
+
+Every objective here follows one contract, used by :func:`engine.optimize.optimize`:
+
+``calibrate(pixels)``     remember the distance of the *unperturbed* (padded) image, per image and member;
+``loss(pixels, warp)``    ``[B]`` normalised loss, 1.0 at the start, differentiable in ``pixels``;
+                          ``warp`` (optional) maps target latents through the same geometric change
+                          an Expectation-over-Transformation draw applied to the pixels;
+``distances(pixels)``     ``[B, M]`` raw distance to the target for each ensemble member (metrics).
+
+Pixels are ``[B, 3, H, W]`` in 0..1 with sides a multiple of the encoder's ``multiple``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .encoders import EncoderEnsemble
+
+Warp = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class StyleTarget:
+    """A style target for one encoder (ensemble), as made by :func:`make_style_target`.
+
+    ``mode``      "per_image": latents[i] is the target of image i (the style-transferred version of
+                  the same artwork, Glaze's Ω(x, T)); a single target is used for every image;
+                  "mean": the mean latent of a style set, one target for all images;
+                  "style_stats": channel mean/std and Gram matrices of the set's latents (StyleGuard).
+    ``encoder``   the ensemble's name; a target only fits the encoder that made it.
+    ``latents``   one tensor per member, ``[N, C, h, w]`` (``[1, ...]`` for "mean").
+    ``stats``     one dict per member with "mean" ``[C]``, "std" ``[C]``, "gram" ``[C, C]``.
+    """
+
+    mode: str
+    encoder: str
+    members: list[str]
+    latents: list[torch.Tensor]
+    stats: list[dict]
+
+    def __len__(self) -> int:
+        return self.latents[0].shape[0]
+
+
+TARGET_MODES = ("per_image", "mean", "style_stats")
+
+
+def latent_stats(z: torch.Tensor) -> dict:
+    """Channel mean, std and Gram matrix (of centred channels, normalised by h*w), averaged over the batch."""
+    b, c = z.shape[:2]
+    f = z.reshape(b, c, -1).float()
+    mean = f.mean(-1)
+    centred = f - mean[..., None]
+    std = centred.pow(2).mean(-1).add(1e-8).sqrt()
+    gram = centred @ centred.transpose(1, 2) / f.shape[-1]
+    return {"mean": mean, "std": std, "gram": gram}
+
+
+def make_style_target(encoder: EncoderEnsemble, style_pixels: Sequence[torch.Tensor] | torch.Tensor,
+                      mode: str, pad: Callable[[torch.Tensor], torch.Tensor]) -> StyleTarget:
+    """Encode style images (``[N, 3, H, W]`` 0..1, or a list of such with different sizes) into a target."""
+    if mode not in TARGET_MODES:
+        raise ValueError(f"unknown style target mode {mode!r}; choose one of {TARGET_MODES}")
+    batches = [style_pixels] if isinstance(style_pixels, torch.Tensor) else list(style_pixels)
+    if not batches or sum(b.shape[0] for b in batches) == 0:
+        raise ValueError("no style images: give at least one target-style image")
+    per_member = []
+    with torch.no_grad():
+        for m in encoder.members:
+            per_member.append([m(pad(b)) for b in batches])
+    return style_target_from_latents(encoder.name, [m.name for m in encoder.members], per_member, mode)
+
+
+def style_target_from_latents(encoder_name: str, member_names: list[str],
+                              latents_per_member: list[list[torch.Tensor]], mode: str) -> StyleTarget:
+    if mode not in TARGET_MODES:
+        raise ValueError(f"unknown style target mode {mode!r}; choose one of {TARGET_MODES}")
+    latents, stats = [], []
+    for zs in latents_per_member:
+        size = zs[0].shape[-2:]
+        z = torch.cat([fit_latent(t.float(), size) for t in zs], 0).cpu()
+        stats.append({k: v.mean(0) for k, v in latent_stats(z).items()})
+        latents.append(z.mean(0, keepdim=True) if mode == "mean" else z)
+    return StyleTarget(mode, encoder_name, list(member_names), latents, stats)
+
+
+def fit_latent(z: torch.Tensor, size) -> torch.Tensor:
+    """Resize a latent ``[N, C, h, w]`` to ``size`` (bilinear) so it lines up with an image's latent."""
+    if tuple(z.shape[-2:]) == tuple(size):
+        return z
+    return F.interpolate(z, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+
+
+class _EnsembleObjective:
+    """Shared mechanics: per-member distances, normalisation by the start distance, weights."""
+
+    def __init__(self, encoder: EncoderEnsemble):
+        self.encoder = encoder
+        self._d0: torch.Tensor | None = None
+
+    def member_distance(self, k: int, z: torch.Tensor, warp: Warp | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def distances(self, pixels: torch.Tensor, warp: Warp | None = None) -> torch.Tensor:
+        cols = [self.member_distance(k, m(pixels), warp) for k, m in enumerate(self.encoder.members)]
+        return torch.stack(cols, dim=1)
+
+    def calibrate(self, pixels: torch.Tensor) -> None:
+        with torch.no_grad():
+            self._d0 = self.distances(pixels).clamp_min(1e-8)
+
+    def loss(self, pixels: torch.Tensor, warp: Warp | None = None) -> torch.Tensor:
+        if self._d0 is None:
+            raise RuntimeError("call calibrate(original_pixels) before loss()")
+        d = self.distances(pixels, warp)
+        w = torch.tensor(self.encoder.weights, device=d.device)
+        return ((d / self._d0.to(d.device)) ** 2 * w).sum(1)
+
+
+class LatentMatch(_EnsembleObjective):
+    """Pull the encoder latent toward a target latent: ``||E(x+δ) - t||₂`` (Glaze; Nightshade's latent form;
+    PhotoGuard's encoder attack).
+
+    ``targets``: one tensor per ensemble member, ``[B or 1, C, h, w]`` on the latent grid of the (padded)
+    images being cloaked. Geometric EOT draws warp the target with the image.
+    """
+
+    def __init__(self, encoder: EncoderEnsemble, targets: Sequence[torch.Tensor]):
+        super().__init__(encoder)
+        if len(targets) != len(encoder.members):
+            raise ValueError(f"got {len(targets)} targets for an ensemble of {len(encoder.members)}")
+        self.targets = [t.float() for t in targets]
+
+    def member_distance(self, k, z, warp):
+        t = self.targets[k].to(z.device)
+        t = t.expand(z.shape[0], *t.shape[1:]) if t.shape[0] == 1 else t
+        if warp is not None:
+            t = warp(t)
+        if t.shape[-2:] != z.shape[-2:]:
+            raise ValueError(f"target latent {list(t.shape)} does not fit the image latent {list(z.shape)}")
+        return (z - t).flatten(1).norm(dim=1)
+
+
+class LatentStyleStats(_EnsembleObjective):
+    """Match latent style statistics (channel mean/std and Gram matrix) of a style set (StyleGuard, 2025).
+
+    Position-free, so it needs no paired style-transferred image and ignores geometric warps.
+    ``stats``: one dict per member as in :func:`latent_stats` (unbatched tensors).
+    """
+
+    def __init__(self, encoder: EncoderEnsemble, stats: Sequence[dict], gram_weight: float = 1.0):
+        super().__init__(encoder)
+        self.stats = list(stats)
+        self.gram_weight = gram_weight
+
+    def member_distance(self, k, z, warp):
+        s, t = latent_stats(z), {n: v.to(z.device) for n, v in self.stats[k].items()}
+        sq = ((s["mean"] - t["mean"]) ** 2).sum(1) + ((s["std"] - t["std"]) ** 2).sum(1)
+        sq = sq + self.gram_weight * ((s["gram"] - t["gram"]) ** 2).flatten(1).sum(1)
+        return sq.add(1e-12).sqrt()
+
+
+def objective_for_target(encoder: EncoderEnsemble, target: StyleTarget, index: int,
+                         latent_size: Sequence[tuple[int, int]]) -> _EnsembleObjective:
+    """The objective for image ``index`` of a batch, given a style target; ``latent_size`` per member."""
+    if target.encoder != encoder.name:
+        raise ValueError(
+            f"this style target was made with encoder {target.encoder!r} but the cloak uses {encoder.name!r}: "
+            "make the style target with the same encoder (wire the same LoadVAEEncoder output to both nodes)")
+    if target.mode == "style_stats":
+        return LatentStyleStats(encoder, target.stats)
+    ts = []
+    for z, size in zip(target.latents, latent_size):
+        pick = z[index % z.shape[0]: index % z.shape[0] + 1]
+        ts.append(fit_latent(pick, size))
+    return LatentMatch(encoder, ts)

@@ -1,0 +1,118 @@
+"""The one optimisation loop shared by Glaze, Nightshade, the reference attack and IMPRESS purification.
+
+``optimize`` minimises ``loss_fn(view(x + δ))`` over a perturbation δ kept inside ``budget``, optionally
+in expectation over random transforms (EOT). Objectives, budgets and transforms are passed in; the loop
+knows nothing of what they mean. Seeded and deterministic on CPU.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+
+class Cancelled(Exception):
+    """Raised when ``should_stop()`` returns True (the user pressed Cancel)."""
+
+
+@dataclass
+class OptimizeResult:
+    delta: torch.Tensor
+    steps_run: int
+    losses: list[float] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+STEP_RULES = ("adam", "sign")
+
+
+def optimize(
+    x: torch.Tensor,
+    loss_fn: Callable[..., torch.Tensor],
+    budget,
+    steps: int,
+    *,
+    seed: int = 0,
+    transforms: Callable | None = None,
+    view: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    step_rule: str = "adam",
+    lr: float = 0.25,
+    lr_final: float = 0.01,
+    patience: int = 0,
+    min_rel_improvement: float = 1e-3,
+    on_step: Callable[[int, int, float, torch.Tensor], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> OptimizeResult:
+    """Optimise a perturbation of ``x`` (``[B, 3, H, W]`` in 0..1).
+
+    ``loss_fn(pixels, warp) -> [B]``  per-image loss to minimise (see engine.objectives);
+    ``budget``            has ``setup(x)``, ``caps`` (per-pixel step scale), ``project(x, δ)``, ``penalty``;
+    ``transforms(pixels, generator) -> (pixels, warp)``  an EOT draw; ``samples`` attribute = draws/step;
+    ``view``              applied to ``x + δ`` before transforms (e.g. padding to the encoder's multiple);
+    ``step_rule``         "adam": Adam moments, step ``lr·caps`` decaying (cosine) to ``lr_final·caps``;
+                          "sign": signed gradient, step decaying linearly from ``lr·caps`` to 1/100 of it
+                          (PhotoGuard's schedule);
+    ``patience``          stop when the smoothed loss has not improved by ``min_rel_improvement`` for
+                          this many steps (0: never stop early);
+    ``on_step(step, steps, loss, δ)`` progress callback; ``should_stop()`` checked every step.
+    """
+    if step_rule not in STEP_RULES:
+        raise ValueError(f"unknown step rule {step_rule!r}; choose one of {STEP_RULES}")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    x = x.detach().float()
+    budget.setup(x)
+    caps = budget.caps
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    delta = torch.zeros_like(x)
+    m = torch.zeros_like(x)
+    v = torch.zeros_like(x)
+    b1, b2 = 0.9, 0.999
+    losses: list[float] = []
+    smooth, best_smooth, since_best = None, math.inf, 0
+    samples = max(1, int(getattr(transforms, "samples", 1))) if transforms is not None else 1
+
+    for t in range(steps):
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"cancelled at step {t} of {steps}")
+        delta.requires_grad_(True)
+        x_adv = x + delta
+        seen = view(x_adv) if view is not None else x_adv
+        total = 0.0
+        for _ in range(samples):
+            warped, warp = transforms(seen, gen) if transforms is not None else (seen, None)
+            total = total + loss_fn(warped, warp).sum() / samples
+        penalty = budget.penalty(x, x_adv)
+        objective = total + (penalty.sum() if penalty is not None else 0.0)
+        (grad,) = torch.autograd.grad(objective, delta)
+        value = float(total.detach()) / x.shape[0]
+        losses.append(value)
+
+        with torch.no_grad():
+            delta = delta.detach()
+            frac = t / max(1, steps - 1)
+            if step_rule == "sign":
+                size = lr * (1 - frac * 0.99)
+                delta -= size * caps * grad.sign()
+            else:
+                size = lr_final + (lr - lr_final) * 0.5 * (1 + math.cos(math.pi * frac))
+                m.mul_(b1).add_(grad, alpha=1 - b1)
+                v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                m_hat = m / (1 - b1 ** (t + 1))
+                v_hat = v / (1 - b2 ** (t + 1))
+                delta -= size * caps * m_hat / (v_hat.sqrt() + 1e-12)
+            delta = budget.project(x, delta)
+
+        if on_step is not None:
+            on_step(t + 1, steps, value, delta)
+        if patience:
+            smooth = value if smooth is None else 0.8 * smooth + 0.2 * value
+            if smooth < best_smooth * (1 - min_rel_improvement):
+                best_smooth, since_best = smooth, 0
+            else:
+                since_best += 1
+                if since_best >= patience:
+                    return OptimizeResult(delta.detach(), t + 1, losses, stopped_early=True)
+    return OptimizeResult(delta.detach(), steps, losses)
