@@ -68,15 +68,18 @@ class EncoderEnsemble:
     """
 
     def __init__(self, members: Sequence[LatentEncoder], weights: Sequence[float] | None = None):
-        flat: list[LatentEncoder] = []
-        for m in members:
-            flat.extend(m.members if isinstance(m, EncoderEnsemble) else [m])
+        flat = list(members)
+        if any(isinstance(m, EncoderEnsemble) for m in flat):
+            raise TypeError("nest ensembles with EncoderEnsemble.extend(), which keeps their weights")
         if not flat:
             raise ValueError("an encoder ensemble needs at least one encoder")
         self.members = flat
         w = list(weights) if weights is not None else [1.0] * len(flat)
         if len(w) != len(flat):
             raise ValueError(f"got {len(w)} weights for {len(flat)} encoders")
+        if any(x <= 0 for x in w):
+            raise ValueError(f"ensemble weights must be positive, got {w}")
+        self.raw_weights = [float(x) for x in w]
         total = float(sum(w))
         self.weights = [float(x) / total for x in w]
         mult = 1
@@ -85,6 +88,10 @@ class EncoderEnsemble:
         self.multiple = mult
         self.min_size = max(m.min_size for m in flat)
         self.name = "+".join(m.name for m in flat)
+
+    def extend(self, member: LatentEncoder, weight: float = 1.0) -> "EncoderEnsemble":
+        """A new ensemble with one more member (this one is left unchanged)."""
+        return EncoderEnsemble(self.members + [member], self.raw_weights + [weight])
 
     def __len__(self) -> int:
         return len(self.members)

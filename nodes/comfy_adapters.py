@@ -1,0 +1,112 @@
+"""The thin glue between ComfyUI objects and the engine: VAEs as encoders, IMAGE layout, progress, Cancel."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+
+import torch
+
+import comfy.model_management as mm
+import comfy.utils
+
+from ..engine import Cancelled, CallableEncoder
+
+PRECISIONS = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_DECODER_PARTS = ("decoder", "taesd_decoder", "post_quant_conv")
+
+
+def vae_encoder(vae, precision: str = "auto") -> CallableEncoder:
+    """A differentiable encoder of *mean* latents from a ComfyUI ``VAE`` (SD1.x/SDXL/SD3/FLUX KL VAEs, TAESD).
+
+    The encoder half is copied (decoder left out) outside inference mode, so gradients can flow to the
+    pixels without touching the VAE that ComfyUI shares with the rest of the graph. Latents are in the
+    same space as ComfyUI's VAE Encode (so a LATENT from VAE Encode can serve as a target).
+    """
+    model = getattr(vae, "first_stage_model", None)
+    if model is None or not hasattr(model, "encode"):
+        raise ValueError(f"expected a VAE from Load Checkpoint or VAE Loader, got {type(vae).__name__}")
+    ratio = getattr(vae, "downscale_ratio", 8)
+    if not isinstance(ratio, int) or getattr(vae, "latent_dim", 2) != 2:
+        raise ValueError("this VAE is a video or audio VAE; cloaking needs an image VAE "
+                         "(SD1.x, SDXL, SD3, FLUX or a TAESD)")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
+    dtype = PRECISIONS[precision] or vae.vae_dtype
+    device = mm.get_torch_device()
+    if device.type == "cpu" and dtype in (torch.float16,):
+        dtype = torch.float32  # fp16 convolutions are not implemented on every CPU build
+    memo = {id(getattr(model, part)): None for part in _DECODER_PARTS if getattr(model, part, None) is not None}
+    with torch.inference_mode(False):
+        encoder = copy.deepcopy(model, memo).to(dtype=dtype).eval().requires_grad_(False)
+    size = sum(p.numel() * p.element_size() for p in encoder.parameters())
+    process_input = vae.process_input
+    name = f"{type(model).__name__}-{fingerprint(encoder)}"
+
+    def prepare():
+        mm.free_memory(size * 3, device)
+        encoder.to(device)
+
+    def encode(pixels):
+        return encoder.encode(process_input(pixels))
+
+    return CallableEncoder(fn=encode, name=name, multiple=ratio, min_size=max(32, 4 * ratio),
+                           device=device, dtype=dtype, prepare=prepare)
+
+
+def fingerprint(module: torch.nn.Module) -> str:
+    """A short stable id of a module's weights (first and last parameter tensors)."""
+    params = list(module.parameters())
+    h = hashlib.sha1()
+    for p in (params[0], params[-1]):
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:10]
+
+
+def image_to_engine(image, what: str = "image") -> torch.Tensor:
+    """ComfyUI IMAGE ``[B, H, W, C]`` → engine pixels ``[B, 3, H, W]`` float32 (a normal, grad-able copy)."""
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"{what}: expected an IMAGE, got {type(image).__name__}")
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"{what}: expected an IMAGE shaped [batch, height, width, 3], got {list(image.shape)}; "
+                         "is a mask or latent wired here?")
+    if image.shape[0] == 0:
+        raise ValueError(f"{what}: the batch is empty; connect at least one image")
+    if image.shape[-1] == 1:
+        image = image.expand(*image.shape[:-1], 3)
+    with torch.inference_mode(False):
+        return image[..., :3].movedim(-1, 1).float().clone().clamp(0, 1)
+
+
+def image_to_comfy(pixels: torch.Tensor) -> torch.Tensor:
+    return pixels.detach().movedim(1, -1).to(mm.intermediate_device()).float().contiguous()
+
+
+def perturbation_preview(original: torch.Tensor, cloaked: torch.Tensor) -> torch.Tensor:
+    """The change, amplified to full range around grey, per image (engine layout in, ComfyUI layout out)."""
+    d = cloaked - original
+    scale = d.abs().flatten(1).amax(1).clamp_min(1 / 255).view(-1, 1, 1, 1)
+    return image_to_comfy((0.5 + 0.5 * d / scale).clamp(0, 1))
+
+
+@contextlib.contextmanager
+def grad_work():
+    """Autograd on inside ComfyUI's inference-mode execution; Cancel turned into ComfyUI's interrupt."""
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            yield
+    except Cancelled:
+        mm.throw_exception_if_processing_interrupted()
+        raise
+
+
+def progress_callbacks(total_hint: int):
+    """``(on_progress, should_stop)`` for the engine, driving ComfyUI's progress bar and Cancel."""
+    bar = comfy.utils.ProgressBar(total_hint)
+
+    def on_progress(done, total):
+        bar.update_absolute(done, total)
+
+    return on_progress, mm.processing_interrupted

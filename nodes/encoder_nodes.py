@@ -1,0 +1,104 @@
+"""LoadVAEEncoder and StyleTargetLatents: the encoder(s) a cloak works against, and the style it aims for."""
+from __future__ import annotations
+
+import torch
+
+import comfy.sd
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+
+from ..engine import EncoderEnsemble, as_ensemble, make_style_target, padder, style_target_from_latents
+from ..engine.cloak import check_images
+from ..engine.objectives import TARGET_MODES
+from .cloak_types import CloakEncoder, StyleTarget
+from .comfy_adapters import PRECISIONS, image_to_engine, vae_encoder
+
+
+class LoadVAEEncoder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoadVAEEncoder",
+            display_name="Load VAE Encoder (Cloak)",
+            category="cloak",
+            description="Wraps a VAE as a differentiable encoder for cloaking. Chain several to cloak against "
+                        "an ensemble, which transfers better to models you cannot test.",
+            inputs=[
+                io.Vae.Input("vae", optional=True,
+                             tooltip="A VAE already loaded by Load Checkpoint or VAE Loader (SD1.x, SDXL, SD3, "
+                                     "FLUX or TAESD). Leave empty to load one by name below."),
+                io.Combo.Input("vae_name", options=["none"] + folder_paths.get_filename_list("vae"),
+                               default="none",
+                               tooltip="Load a VAE file from models/vae instead (only its encoder is kept). "
+                                       "Used only when no vae is connected."),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
+                               tooltip="Precision of the encoder. auto: the VAE's own. fp32 is slowest and "
+                                       "most exact; fp16/bf16 save memory on GPUs. The cloak itself is "
+                                       "always computed in fp32."),
+                io.Float.Input("weight", default=1.0, min=0.01, max=100.0, step=0.05,
+                               tooltip="This encoder's share of the loss when chained into an ensemble."),
+                CloakEncoder.Input("encoder", optional=True,
+                                   tooltip="Optional: an encoder (or ensemble) to add this one to."),
+            ],
+            outputs=[CloakEncoder.Output(display_name="encoder")],
+        )
+
+    @classmethod
+    def execute(cls, vae_name, precision, weight, vae=None, encoder=None) -> io.NodeOutput:
+        if vae is None:
+            if vae_name == "none":
+                raise ValueError("LoadVAEEncoder needs a VAE: connect one to 'vae' or pick a file in 'vae_name'")
+            path = folder_paths.get_full_path_or_raise("vae", vae_name)
+            vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(path))
+        member = vae_encoder(vae, precision)
+        ensemble = encoder.extend(member, weight) if encoder is not None else EncoderEnsemble([member], [weight])
+        return io.NodeOutput(ensemble)
+
+
+class StyleTargetLatents(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="StyleTargetLatents",
+            display_name="Style Target Latents (Cloak)",
+            category="cloak",
+            description="Encodes target-style images (or takes latents) into the target a cloak pulls toward.",
+            inputs=[
+                CloakEncoder.Input("encoder", tooltip="The encoder from LoadVAEEncoder; use the same one "
+                                                      "for GlazePerturb."),
+                io.MultiType.Input("style", types=[io.Image, io.Latent],
+                                   tooltip="Images in the target style (IMAGE), or their latents from VAE "
+                                           "Encode with the same VAE (LATENT, single encoder only). For Glaze's "
+                                           "own recipe, give your artwork style-transferred by img2img "
+                                           "(denoise ≈ 0.4) and use mode per_image."),
+                io.Combo.Input("mode", options=list(TARGET_MODES), default="per_image",
+                               tooltip="per_image: style image i is the target of artwork i (one style image "
+                                       "serves all). mean: the mean latent of the style set. style_stats: "
+                                       "latent channel statistics and Gram matrices (StyleGuard), "
+                                       "position-free: best for a style set unrelated to the artwork's layout."),
+            ],
+            outputs=[StyleTarget.Output(display_name="style_target")],
+        )
+
+    @classmethod
+    def execute(cls, encoder, style, mode) -> io.NodeOutput:
+        encoder = as_ensemble(encoder)
+        if isinstance(style, dict) and "samples" in style:
+            if len(encoder) != 1:
+                raise ValueError("a LATENT style works with a single encoder; give style IMAGES to build a "
+                                 f"target for an ensemble of {len(encoder)}")
+            latents = style["samples"]
+            if latents.ndim != 4 or latents.shape[0] == 0:
+                raise ValueError(f"style LATENT must be an image latent batch [B, C, h, w], got {list(latents.shape)}")
+            target = style_target_from_latents(encoder.name, [m.name for m in encoder.members],
+                                               [[latents.float()]], mode)
+            return io.NodeOutput(target)
+        pixels = image_to_engine(style, "style")
+        check_images(pixels, encoder, "style")
+        encoder.prepare()
+        pad = padder(pixels.shape[-2], pixels.shape[-1], encoder.multiple)
+        device = encoder.members[0].device
+        with torch.no_grad():
+            target = make_style_target(encoder, pixels.to(device), mode, pad)
+        return io.NodeOutput(target)
