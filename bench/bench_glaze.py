@@ -1,0 +1,146 @@
+"""GlazePerturb vs a plain reference loop, per intensity preset: speed, memory, quality, target gain.
+
+Prints, for the trained TAESD (256², 512²) and the full-size SD1.x VAE architecture with random weights
+(128², 256²; timing and memory only — its gains mean nothing): seconds per image and per step, peak
+memory, PSNR, SSIM, target gain before and after JPEG q75 (real codec) and a 0.5× down-up resize; and the
+same for the reference loop (PhotoGuard-style L∞ sign PGD to the target latent, same steps, no EOT) whose
+L∞ bound is set per preset so its PSNR matches ours within 0.5 dB, side by side with ratios.
+
+    .host/venv/bin/python bench/bench_glaze.py            # everything (CPU: ~40 min)
+    .host/venv/bin/python bench/bench_glaze.py --quick    # TAESD 256² only, 2 images
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+
+import common
+
+
+def run(E, ensemble, x, styles, settings, seed, track_every=5):
+    """Cloak ``x`` with ``settings``; returns per-image metrics and each image's gain trajectory."""
+    pad = E.padder(x.shape[-2], x.shape[-1], ensemble.multiple)
+    device = ensemble.members[0].device
+    target = E.make_style_target(ensemble, styles.to(device), "per_image", pad)
+    current = {}
+
+    def make_objective(i, padded):
+        current["obj"] = E.objective_for_target(ensemble, target, i, E.latent_sizes(ensemble, padded))
+        current["x"], current["traj"] = x[i:i + 1].to(device), []
+        trajs.append(current["traj"])
+        return current["obj"]
+
+    def on_step(step, steps, loss, delta):
+        if step % track_every == 0 or step == steps:
+            with torch.no_grad():
+                obj, xi = current["obj"], current["x"]
+                d0, d = obj.distances(pad(xi)), obj.distances(pad(xi + delta))
+                current["traj"].append((step, float(E.target_gain(d0, d)[0])))
+
+    trajs: list = []
+    with common.PeakMemory(device) as mem, torch.enable_grad():
+        t0 = time.perf_counter()
+        res = E.cloak_images(x, ensemble, make_objective, settings, seed=seed, on_step=on_step)
+        seconds = time.perf_counter() - t0
+    out = {k: sum(r[k] for r in res.reports) / len(res.reports) for k in ("psnr", "ssim", "target_gain")}
+    out["gain_jpeg75"] = attacked_gain(E, ensemble, x, res.images, target, lambda y: common.pil_jpeg(y, 75))
+    out["gain_resize05"] = attacked_gain(E, ensemble, x, res.images, target, lambda y: E.transforms.resize_down_up(y, 0.5))
+    steps = sum(r["steps"] for r in res.reports)
+    # seconds include the gain-tracking forward every ``track_every`` steps (same for both methods)
+    out.update(sec_img=seconds / x.shape[0], sec_step=seconds / steps, peak_mib=mem.peak_mib)
+    return out, trajs
+
+
+def attacked_gain(E, ensemble, x, x_adv, target, attack):
+    pad = E.padder(x.shape[-2], x.shape[-1], ensemble.multiple)
+    device = ensemble.members[0].device
+    gains = []
+    with torch.no_grad():
+        for i in range(x.shape[0]):
+            xi, ai = x[i:i + 1].to(device), attack(x_adv[i:i + 1].to(device))
+            obj = E.objective_for_target(ensemble, target, i, E.latent_sizes(ensemble, pad(xi)))
+            gains.append(float(E.target_gain(obj.distances(pad(xi)), obj.distances(pad(ai)))[0]))
+    return sum(gains) / len(gains)
+
+
+def matched_reference(E, ensemble, x, styles, psnr_target, steps, seed):
+    """Reference loop with its L∞ bound tuned until its PSNR is within 0.5 dB of ``psnr_target``."""
+    eps = 10 ** (-psnr_target / 20)
+    for attempt in range(6):
+        ref, traj = run(E, ensemble, x, styles, E.reference_settings(eps, steps), seed)
+        if abs(ref["psnr"] - psnr_target) <= 0.5:
+            break
+        eps *= 10 ** ((ref["psnr"] - psnr_target) / 20)
+    ref["eps_255"] = eps * 255
+    return ref, traj
+
+
+def steps_to_reach(trajs, goal):
+    """Mean over images of the first tracked step whose gain reaches ``goal`` (inf if never)."""
+    firsts = []
+    for t in trajs:
+        firsts.append(next((s for s, g in t if g >= goal), math.inf))
+    return sum(firsts) / len(firsts)
+
+
+COLS = ("psnr", "ssim", "target_gain", "gain_jpeg75", "gain_resize05", "sec_img", "sec_step", "peak_mib")
+
+
+def bench_model(E, name, ensemble, size, count, presets, robustness, quality, seed, quality_steps=None):
+    x = common.photos(size, count)
+    styles = common.stylise(x)
+    print(f"\n== {name} at {size}², {count} images, robustness {robustness}, render quality {quality} ==")
+    print(f"{'preset':8} {'method':10} " + " ".join(f"{c:>13}" for c in COLS) + f" {'eps/255':>8}")
+    summary = []
+    for preset in presets:
+        settings = E.settings_for(preset, quality, robustness)
+        if quality_steps:
+            settings = E.replace(settings, steps=quality_steps)
+        ours, our_traj = run(E, ensemble, x, styles, settings, seed)
+        ref, ref_traj = matched_reference(E, ensemble, x, styles, ours["psnr"], settings.steps, seed)
+        for label, r in (("glaze", ours), ("reference", ref)):
+            extra = f" {r['eps_255']:8.2f}" if "eps_255" in r else f" {settings.eps * 255:8.2f}"
+            print(f"{preset:8} {label:10} " + " ".join(f"{r[c]:13.4f}" for c in COLS) + extra)
+        ratio = {c: ours[c] / ref[c] if ref[c] else float("nan") for c in COLS}
+        print(f"{preset:8} {'ratio':10} " + " ".join(f"{ratio[c]:13.3f}" for c in COLS))
+        reach = steps_to_reach(our_traj, ref["target_gain"])
+        print(f"{preset:8} glaze reaches the reference's final gain {ref['target_gain']:.3f} at step "
+              f"{reach:.0f} of {settings.steps} ({reach / settings.steps:.2f} of the steps)")
+        summary.append((preset, ours, ref, reach / settings.steps))
+    return summary
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="TAESD 256² only, 2 images")
+    ap.add_argument("--images", type=int, default=4, help="images per TAESD 256² run")
+    ap.add_argument("--robustness", default="on")
+    ap.add_argument("--quality", default="default")
+    ap.add_argument("--sd-steps", type=int, default=4, help="steps per SD-VAE run (CPU timing only)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    pack = common.load_host()
+    E = pack.engine
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    from importlib import import_module
+    adapters = import_module("ComfyUI-Cloak.nodes.comfy_adapters")
+    presets = ("low", "default", "high")
+    taesd = E.as_ensemble(adapters.vae_encoder(common.taesd_vae()))
+    taesd.prepare()
+    bench_model(E, "trained TAESD", taesd, 256, 2 if args.quick else args.images, presets,
+                args.robustness, args.quality, args.seed)
+    if args.quick:
+        return
+    bench_model(E, "trained TAESD", taesd, 512, 1, presets, args.robustness, args.quality, args.seed)
+    sd = E.as_ensemble(adapters.vae_encoder(common.random_sd_vae()))
+    sd.prepare()
+    for size in (128, 256):
+        bench_model(E, f"SD1.x VAE arch, random weights, {args.sd_steps} steps (timing only)", sd, size, 1,
+                    presets, args.robustness, args.quality, args.seed, quality_steps=args.sd_steps)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Shared set-up for the benchmarks: the ComfyUI host in-process, the models, real test images.
+
+Benchmarks run in the host venv: ``.host/venv/bin/python bench/<script>.py`` after ``bash scripts/setup_host.sh``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOST = os.path.join(ROOT, ".host", "ComfyUI")
+
+
+def load_host():
+    """Import ComfyUI (CPU unless a GPU is present) and the pack as ComfyUI loads it; returns the pack module."""
+    if not os.path.isdir(HOST):
+        sys.exit("no ComfyUI host: run bash scripts/setup_host.sh first")
+    sys.path.insert(0, HOST)
+    import comfy.cli_args
+    import torch
+    if not torch.cuda.is_available():
+        comfy.cli_args.args.cpu = True
+    if "ComfyUI-Cloak" in sys.modules:
+        return sys.modules["ComfyUI-Cloak"]
+    spec = importlib.util.spec_from_file_location("ComfyUI-Cloak", os.path.join(ROOT, "__init__.py"),
+                                                  submodule_search_locations=[ROOT])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["ComfyUI-Cloak"] = pack
+    spec.loader.exec_module(pack)
+    return pack
+
+
+def taesd_vae():
+    """The TAESD trained in this repository, through ComfyUI's own VAELoader ("taesd")."""
+    import nodes
+    return nodes.VAELoader().load_vae("taesd")[0]
+
+
+def random_sd_vae(seed: int = 0):
+    """The full-size SD1.x VAE architecture (ComfyUI's AutoencoderKL) with random weights, as a ComfyUI VAE."""
+    import torch
+    import comfy.sd
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+    model = AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for k, v in model.state_dict().items():
+        if k.endswith("weight") and v.ndim > 1:
+            fan_in = v[0].numel()
+            sd[k] = torch.randn(v.shape, generator=g) * (1.0 / fan_in) ** 0.5
+        elif "norm" in k and k.endswith("weight"):
+            sd[k] = torch.ones(v.shape)
+        else:
+            sd[k] = torch.zeros(v.shape)
+    return comfy.sd.VAE(sd=sd)
+
+
+def photos(size: int, count: int):
+    """``count`` real photos as ``[N, 3, size, size]`` crops (scikit-image's bundled photos held out from the
+    TAESD's training: coffee and rocket; then others), deterministic."""
+    import numpy as np
+    import skimage.data
+    import skimage.transform
+    import torch
+    sources = ["coffee", "rocket", "chelsea", "astronaut", "immunohistochemistry", "colorwheel"]
+    out = []
+    for name in sources:
+        img = getattr(skimage.data, name)()[..., :3]
+        h, w = img.shape[:2]
+        side = min(h, w)
+        for off in (0, w - side) if w > side else (0,):
+            crop = img[(h - side) // 2:(h - side) // 2 + side, off:off + side]
+            crop = skimage.transform.resize(crop, (size, size), anti_aliasing=True, preserve_range=True)
+            out.append(np.round(crop).astype(np.uint8))
+            if len(out) == count:
+                arr = np.stack(out).astype(np.float32) / 255.0
+                return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+    raise ValueError(f"only {len(out)} photos available, asked for {count}")
+
+
+def stylise(x):
+    """A deterministic stand-in for Glaze's style transfer Ω(x, T) (no SD img2img here): flattened colour
+    regions, dark edges and a warm palette shift, i.e. a "poster / comic" style of the same picture."""
+    import kornia
+    import torch
+    smooth = kornia.filters.bilateral_blur(x, (9, 9), 0.1, (3.0, 3.0))
+    poster = torch.round(smooth * 4) / 4
+    edges = kornia.filters.sobel(kornia.color.rgb_to_grayscale(x)).clamp(0, 0.25) * 4
+    warm = poster * torch.tensor([1.1, 0.95, 0.75]).view(1, 3, 1, 1)
+    return (warm * (1 - 0.8 * edges)).clamp(0, 1)
+
+
+class PeakMemory:
+    """Peak extra memory during a block: CUDA allocator peak on GPU, sampled RSS on CPU (MiB)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.peak_mib = 0.0
+
+    def __enter__(self):
+        import torch
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            return self
+        self._base = _rss()
+        self._peak = self._base
+        self._run = True
+        self._t = threading.Thread(target=self._sample, daemon=True)
+        self._t.start()
+        return self
+
+    def _sample(self):
+        while self._run:
+            self._peak = max(self._peak, _rss())
+            time.sleep(0.01)
+
+    def __exit__(self, *exc):
+        import torch
+        if self.device.type == "cuda":
+            self.peak_mib = (torch.cuda.max_memory_allocated(self.device) - self._base) / 2**20
+        else:
+            self._run = False
+            self._t.join()
+            self.peak_mib = (self._peak - self._base) / 2**20
+        return False
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def pil_jpeg(x, quality: int):
+    """A real JPEG round trip through Pillow (what an attacker or a website does), ``[B, 3, H, W]``."""
+    import io
+    import numpy as np
+    import torch
+    from PIL import Image
+    out = []
+    for img in x:
+        arr = (img.permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
+        back = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), dtype=np.float32) / 255
+        out.append(torch.from_numpy(back).permute(2, 0, 1))
+    return torch.stack(out).to(x.device)

@@ -1,0 +1,263 @@
+"""Engine unit tests: no ComfyUI. The engine is imported on its own, as a library user would."""
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_engine():
+    name = "cloak_engine_standalone"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "engine", "__init__.py"),
+                                                  submodule_search_locations=[os.path.join(ROOT, "engine")])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+E = _load_engine()
+
+
+def toy_encoder(seed=0, name="toy"):
+    """A fixed random conv encoder with an 8× downscale, like a VAE encoder's shape."""
+    g = torch.Generator().manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, 2, 1), torch.nn.GELU(), torch.nn.Conv2d(16, 16, 3, 2, 1),
+                              torch.nn.GELU(), torch.nn.Conv2d(16, 4, 3, 2, 1))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return E.module_encoder(net.requires_grad_(False), name)
+
+
+def photo_like(b=2, h=72, w=88, seed=0):
+    """8-bit images with a flat half (colour) and a textured half, like artwork on a plain background."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.empty(b, 3, h, w)
+    x[..., : w // 2] = torch.tensor([0.8, 0.6, 0.3]).view(1, 3, 1, 1)
+    x[..., w // 2:] = torch.rand(b, 3, h, w - w // 2, generator=g)
+    return torch.round(x * 255) / 255
+
+
+def glaze(x, enc, settings, seed=0, target_image=None):
+    ens = E.as_ensemble(enc)
+    pad = E.padder(x.shape[-2], x.shape[-1], ens.multiple)
+    style = target_image if target_image is not None else 1 - x
+    target = E.make_style_target(ens, style, "per_image", pad)
+    return E.cloak_images(x, ens, lambda i, p: E.objective_for_target(ens, target, i, E.latent_sizes(ens, p)),
+                          settings, seed=seed), target
+
+
+def test_objective_falls_and_target_gain_positive():
+    x = photo_like()
+    res, _ = glaze(x, toy_encoder(), E.settings_for("default", "faster", "off"))
+    for r in res.reports:
+        assert r["target_gain"] > 0.2, r
+
+
+@pytest.mark.parametrize("robustness", ["off", "on"])
+def test_loss_history_falls(robustness):
+    enc = E.as_ensemble(toy_encoder())
+    x = photo_like(1)
+    pad = E.padder(x.shape[-2], x.shape[-1], 8)
+    obj = E.LatentMatch(enc, [enc.members[0](pad(1 - x)).detach()])
+    obj.calibrate(pad(x))
+    res = E.optimize(x, obj.loss, E.AdaptiveBudget(10 / 255, min_psnr=35), 40, view=pad,
+                     transforms=E.ROBUSTNESS_LEVELS[robustness])
+    if robustness == "off":
+        assert res.losses[0] == pytest.approx(1.0, abs=1e-4)  # normalised by the start distance
+    assert np.mean(res.losses[-5:]) < np.mean(res.losses[:5])
+    with torch.no_grad():
+        assert float(obj.loss(pad(x + res.delta))) < 0.8
+
+
+def test_budget_holds_on_saved_8bit_png(tmp_path):
+    x = photo_like()
+    settings = E.settings_for("high", "faster", "on")
+    res, _ = glaze(x, toy_encoder(), settings)
+    budget = settings.make_budget()
+    budget.setup(x)
+    for i in range(x.shape[0]):
+        path = tmp_path / f"c{i}.png"
+        arr = (res.images[i].permute(1, 2, 0).numpy() * 255.0).clip(0, 255).astype(np.uint8)  # as SaveImage does
+        Image.fromarray(arr).save(path)
+        back = torch.from_numpy(np.asarray(Image.open(path), dtype=np.float32) / 255.0).permute(2, 0, 1)
+        change = (back - x[i]).abs()
+        assert change.max() > 0, "nothing changed"
+        assert bool((change <= budget.caps[i] + 1e-6).all()), float((change - budget.caps[i]).max())
+        psnr = float(E.psnr(back[None], x[i:i + 1]))
+        assert psnr >= settings.min_psnr - 0.5, psnr
+
+
+def test_adaptive_budget_spares_flat_areas():
+    x = photo_like(1)
+    settings = E.settings_for("high", "faster", "off")
+    res, _ = glaze(x, toy_encoder(), settings)
+    change = (res.images - x).abs()
+    w = x.shape[-1]
+    flat, textured = change[..., 4:-4, 4: w // 2 - 8], change[..., 4:-4, w // 2 + 8:-4]
+    assert flat.max() <= 0.2 * settings.eps + 1 / 255
+    assert textured.mean() > 3 * flat.mean()
+
+
+def test_linf_box_holds():
+    x = photo_like()
+    res, _ = glaze(x, toy_encoder(), E.reference_settings(4 / 255, 20))
+    assert float((res.images - x).abs().max()) <= 4 / 255 + 1e-6
+
+
+def test_same_seed_same_bytes_different_seed_differs():
+    x = photo_like()
+    s = E.settings_for("default", "faster", "on")
+    a, _ = glaze(x, toy_encoder(), s, seed=3)
+    b, _ = glaze(x, toy_encoder(), s, seed=3)
+    c, _ = glaze(x, toy_encoder(), s, seed=4)
+    assert torch.equal(a.images, b.images)
+    assert not torch.equal(a.images, c.images)
+
+
+def test_each_image_cloaked_independently_of_batch():
+    x = photo_like(2)
+    s = E.settings_for("default", "faster", "on")
+    both, _ = glaze(x, toy_encoder(), s, seed=5)
+    first, _ = glaze(x[:1], toy_encoder(), s, seed=5)
+    assert torch.equal(both.images[:1], first.images)
+
+
+@pytest.mark.parametrize("name,fn", [
+    ("jpeg", lambda x, g: E.transforms.jpeg(x, 60)),
+    ("resize", lambda x, g: E.transforms.resize_down_up(x, 0.5)),
+    ("blur", lambda x, g: E.transforms.gaussian_blur(x, 1.0)),
+    ("noise", lambda x, g: E.transforms.gaussian_noise(x, 0.02, g)),
+    ("crop", lambda x, g: E.transforms.affine(x, E.transforms.crop_resize_theta(x.shape[0], 0.9, 0.05, 0.0))),
+    ("rotate", lambda x, g: E.transforms.affine(x, E.transforms.rotation_theta(x.shape[0], 5, 64, 80))),
+    ("screenshot", lambda x, g: E.transforms.screenshot(x)),
+])
+def test_eot_transforms_carry_gradients(name, fn):
+    x = photo_like(2, 64, 80).requires_grad_(True)
+    y = fn(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape
+    (g,) = torch.autograd.grad((y * torch.linspace(0, 1, 80)).sum(), x)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_eot_draws_every_kind_and_warps_targets():
+    eot = E.EOT(p_identity=0.0)
+    gen = torch.Generator().manual_seed(0)
+    x = photo_like(1, 64, 64)
+    warped = 0
+    for _ in range(30):
+        y, warp = eot(x, gen)
+        assert y.shape == x.shape
+        if warp is not None:
+            z = torch.rand(1, 4, 8, 8)
+            assert warp(z).shape == z.shape
+            warped += 1
+    assert warped > 0
+
+
+def test_style_stats_objective_falls():
+    enc = E.as_ensemble(toy_encoder())
+    x = photo_like(1)
+    pad = E.padder(x.shape[-2], x.shape[-1], 8)
+    target = E.make_style_target(enc, torch.rand(3, 3, 64, 64), "style_stats", pad)
+    res = E.cloak_images(x, enc, lambda i, p: E.objective_for_target(enc, target, i, E.latent_sizes(enc, p)),
+                         E.settings_for("default", "faster", "off"))
+    assert res.reports[0]["target_gain"] > 0.1
+
+
+def test_ensemble_moves_every_member():
+    ens = E.EncoderEnsemble([toy_encoder(0, "a"), toy_encoder(1, "b")], [1.0, 2.0])
+    assert ens.weights == pytest.approx([1 / 3, 2 / 3])
+    x = photo_like(1)
+    pad = E.padder(x.shape[-2], x.shape[-1], ens.multiple)
+    target = E.make_style_target(ens, 1 - x, "per_image", pad)
+    obj = E.objective_for_target(ens, target, 0, E.latent_sizes(ens, pad(x)))
+    res = E.cloak_images(x, ens, lambda i, p: obj, E.settings_for("default", "faster", "off"))
+    d0, d1 = obj.distances(pad(x)), obj.distances(pad(res.images))
+    assert bool((d1 < 0.95 * d0).all()), (d0, d1)
+
+
+def test_target_from_another_encoder_is_refused():
+    a, b = E.as_ensemble(toy_encoder(0, "a")), E.as_ensemble(toy_encoder(1, "b"))
+    x = photo_like(1)
+    pad = E.padder(x.shape[-2], x.shape[-1], 8)
+    target = E.make_style_target(a, x, "mean", pad)
+    with pytest.raises(ValueError, match="same encoder"):
+        E.objective_for_target(b, target, 0, [(9, 11)])
+
+
+def test_cancel_and_early_stop():
+    x = photo_like(1)
+    enc = E.as_ensemble(toy_encoder())
+    pad = E.padder(x.shape[-2], x.shape[-1], 8)
+    obj = E.LatentMatch(enc, [enc.members[0](pad(1 - x)).detach()])
+    obj.calibrate(pad(x))
+    calls = []
+    with pytest.raises(E.Cancelled):
+        E.optimize(x, obj.loss, E.LinfBox(0.03), 50, view=pad, should_stop=lambda: calls.append(1) or len(calls) > 3)
+    assert len(calls) == 4
+    res = E.optimize(x, obj.loss, E.LinfBox(1e-4), 500, view=pad, patience=10, step_rule="sign")
+    assert res.stopped_early and res.steps_run < 500
+
+
+@pytest.mark.parametrize("bad,match", [
+    (torch.rand(0, 3, 64, 64), "empty"),
+    (torch.rand(1, 3, 16, 64), "smaller than"),
+    (torch.rand(1, 4, 64, 64), r"\[B, 3, H, W\]"),
+    (torch.full((1, 3, 64, 64), float("nan")), "NaN"),
+])
+def test_bad_input_errors_say_what_to_do(bad, match):
+    ens = E.as_ensemble(toy_encoder())
+    with pytest.raises(ValueError, match=match):
+        E.cloak_images(bad, ens, lambda i, p: None, E.settings_for())
+
+
+def test_bad_presets_name_the_value():
+    with pytest.raises(ValueError, match="'loud'"):
+        E.settings_for("loud")
+    with pytest.raises(ValueError, match="custom"):
+        E.settings_for("custom", custom_eps=None)
+
+
+def test_lpips_budget_explains_missing_weights():
+    try:
+        import lpips  # noqa: F401
+        pytest.skip("lpips is installed here; the message path is for machines without it")
+    except ImportError:
+        pass
+    with pytest.raises(RuntimeError, match="adaptive"):
+        E.LpipsBudget(8 / 255)
+
+
+def test_metrics_known_answers():
+    x = photo_like(1)
+    assert float(E.psnr(x, x)) > 100
+    assert float(E.ssim(x, x)) == pytest.approx(1.0, abs=1e-4)
+    y = (x + 1 / 255).clamp(0, 1)
+    assert 40 < float(E.psnr(y, x)) < 49
+    assert float(E.target_gain(torch.tensor([2.0]), torch.tensor([1.0]))) == pytest.approx(0.5)
+    assert float(E.target_gain(torch.tensor([[2.0, 4.0]]), torch.tensor([[1.0, 4.0]]))) == pytest.approx(0.25)
+
+
+def test_engine_has_no_comfyui_imports():
+    import ast
+    banned = {"comfy", "comfy_api", "comfy_extras", "nodes", "folder_paths", "server", "execution"}
+    for fn in os.listdir(os.path.join(ROOT, "engine")):
+        if fn.endswith(".py"):
+            tree = ast.parse(open(os.path.join(ROOT, "engine", fn)).read())
+            for node in ast.walk(tree):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+                for n in names:
+                    assert n.split(".")[0] not in banned, f"engine/{fn} imports {n}"
