@@ -4,6 +4,8 @@ Benchmarks run in the host venv: ``.host/venv/bin/python bench/<script>.py`` aft
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import importlib.util
 import os
 import sys
@@ -108,6 +110,8 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
             return self
+        gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed memory back so the RSS peak reflects this run
         self._base = _rss()
         self._peak = self._base
         self._run = True
