@@ -12,6 +12,7 @@ L∞ bound is set per preset so its PSNR matches ours within 0.5 dB, side by sid
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import time
 
@@ -98,7 +99,7 @@ def bench_model(E, name, ensemble, size, count, presets, robustness, quality, se
     for preset in presets:
         settings = E.settings_for(preset, quality, robustness)
         if quality_steps:
-            settings = E.replace(settings, steps=quality_steps)
+            settings = dataclasses.replace(settings, steps=quality_steps)
         ours, our_traj = run(E, ensemble, x, styles, settings, seed)
         ref, ref_traj = matched_reference(E, ensemble, x, styles, ours["psnr"], settings.steps, seed)
         for label, r in (("glaze", ours), ("reference", ref)):

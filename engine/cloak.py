@@ -6,7 +6,7 @@ in 0..1 (the nodes convert from ComfyUI's ``[B, H, W, C]``).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -181,4 +181,4 @@ def format_report(reports: list[dict], title: str) -> str:
 
 
 __all__ = ["CloakSettings", "INTENSITY", "RENDER_QUALITY", "settings_for", "cloak_images", "CloakResult",
-           "reference_settings", "format_report", "check_images", "padder", "latent_sizes", "replace"]
+           "reference_settings", "format_report", "check_images", "padder", "latent_sizes"]
