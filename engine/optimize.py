@@ -25,7 +25,7 @@ class OptimizeResult:
     stopped_early: bool = False
 
 
-STEP_RULES = ("adam", "sign")
+STEP_RULES = ("adam", "l2", "sign")
 
 
 def optimize(
@@ -52,6 +52,8 @@ def optimize(
     ``transforms(pixels, generator) -> (pixels, warp)``  an EOT draw; ``samples`` attribute = draws/step;
     ``view``              applied to ``x + δ`` before transforms (e.g. padding to the encoder's multiple);
     ``step_rule``         "adam": Adam moments, step ``lr·caps`` decaying (cosine) to ``lr_final·caps``;
+                          "l2": momentum on the gradient normalised per image in budget units (steepest
+                          descent for an L2 budget), same schedule;
                           "sign": signed gradient, step decaying linearly from ``lr·caps`` to 1/100 of it
                           (PhotoGuard's schedule);
     ``patience``          stop when the smoothed loss has not improved by ``min_rel_improvement`` for
@@ -96,6 +98,12 @@ def optimize(
             if step_rule == "sign":
                 size = lr * (1 - frac * 0.99)
                 delta -= size * caps * grad.sign()
+            elif step_rule == "l2":
+                size = lr_final + (lr - lr_final) * 0.5 * (1 + math.cos(math.pi * frac))
+                g_u = caps * grad  # gradient in budget units (δ = caps ⊙ u)
+                g_u = g_u / g_u.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-20).view(-1, 1, 1, 1)
+                m.mul_(b1).add_(g_u, alpha=1 - b1)
+                delta -= size * caps * m / (1 - b1 ** (t + 1))
             else:
                 size = lr_final + (lr - lr_final) * 0.5 * (1 + math.cos(math.pi * frac))
                 m.mul_(b1).add_(grad, alpha=1 - b1)
