@@ -1,0 +1,45 @@
+"""Rebuild the bundled sample images (deterministic): `.host/venv/bin/python samples/make_samples.py`.
+
+- coffee.png: scikit-image's `data.coffee()` photo (held out from the TAESD training set), resized to
+  384x256 (non-square on purpose, to exercise padding to the latent grid).
+- coffee_style.png: a hand-made "target style" of the same picture: smoothed, posterised to a few flat
+  colours with dark ink edges (a woodcut/poster look), for StyleTargetLatents in the demo workflows.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+from skimage import data, feature, filters, transform
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SIZE = (256, 384)  # (height, width)
+
+
+def artwork() -> np.ndarray:
+    """coffee() (400x600) resized to 256x384, uint8 HWC."""
+    img = transform.resize(data.coffee(), SIZE, order=3, anti_aliasing=True)
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def poster_style(img: np.ndarray, levels: int = 4) -> np.ndarray:
+    """Flat posterised colours plus black Canny edges: a strong, easily recognisable style."""
+    smooth = filters.gaussian(img / 255.0, sigma=2.0, channel_axis=-1)
+    poster = np.round(smooth * (levels - 1)) / (levels - 1)
+    gray = filters.gaussian(img.mean(axis=-1) / 255.0, sigma=1.0)
+    edges = feature.canny(gray, sigma=2.0, low_threshold=0.05, high_threshold=0.12)
+    poster[edges] = 0.05
+    return (np.clip(poster, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def main() -> None:
+    art = artwork()
+    for name, pixels in (("coffee.png", art), ("coffee_style.png", poster_style(art))):
+        path = os.path.join(HERE, name)
+        Image.fromarray(pixels).save(path, optimize=True)
+        print(f"{path}: {pixels.shape[1]}x{pixels.shape[0]}, {os.path.getsize(path) // 1024} KB")
+
+
+if __name__ == "__main__":
+    main()
