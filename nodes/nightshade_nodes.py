@@ -1,0 +1,190 @@
+"""NightshadePoison: concept poisoning (Shan et al., IEEE S&P 2024) against training on unlicensed images.
+
+The engine (engine/nightshade.py) knows the diffusion model only as two callables; this module builds them
+from a ComfyUI MODEL + CONDITIONING with ComfyUI's own sampling set-up (CFGGuider: conditioning conversion,
+model loading through comfy.model_management, patches, hooks and wrappers), so any model ComfyUI samples
+with is used as it is loaded.
+"""
+from __future__ import annotations
+
+import torch
+
+import comfy.samplers
+from comfy_api.latest import io
+
+from ..engine import as_ensemble, padder
+from ..engine.nightshade import OBJECTIVES, NoisePredictor, format_pairing, plan_poison
+from .cloak_types import CloakEncoder
+from .comfy_adapters import grad_work, image_to_engine
+from .glaze_nodes import cloak_inputs, run_cloak
+
+NOISE_WIRING = ("objective 'noise' needs the diffusion model: connect 'model' (MODEL from Load Checkpoint) and "
+                "'positive' (CONDITIONING from CLIP Text Encode of the caption), or choose objective 'latent'")
+
+
+def captions_for(caption: str, count: int) -> list[str]:
+    """One caption per image: a single line serves every image; otherwise one line per image."""
+    if not isinstance(caption, str):
+        raise TypeError(f"caption: expected a string, got {type(caption).__name__}")
+    lines = [line.strip() for line in caption.splitlines() if line.strip()]
+    if not lines:
+        raise ValueError("caption is empty: write the caption of the poisoned concept A, e.g. 'a photo of a cow'")
+    if len(lines) == 1:
+        return lines * count
+    if len(lines) != count:
+        raise ValueError(f"caption has {len(lines)} lines for {count} images: give one line for all images "
+                         "or exactly one line per image")
+    return lines
+
+
+def anchor_to_engine(anchor) -> torch.Tensor:
+    """IMAGE ``[N, H, W, C]`` → pixels ``[N, 3, H, W]``; LATENT → its samples ``[N, C, h, w]``."""
+    if isinstance(anchor, dict):
+        samples = anchor.get("samples")
+        if not isinstance(samples, torch.Tensor) or samples.ndim != 4 or samples.shape[0] == 0:
+            got = list(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
+            raise ValueError(f"anchor: expected an image LATENT batch [B, C, h, w], got {got}")
+        with torch.inference_mode(False):
+            return samples.float().clone()
+    return image_to_engine(anchor, "anchor")
+
+
+def _fresh_copy(weight):
+    # A weight wrapper makes ComfyUI's cast layers hand out a copy of each weight made outside inference
+    # mode; the loaded weights themselves are inference tensors, which autograd cannot save for backward.
+    return weight
+
+
+class _PoisonSampler(comfy.samplers.Sampler):
+    """A "sampler" that runs the poisoning once ComfyUI has prepared the model and the conditioning."""
+
+    def __init__(self, work):
+        self.work = work
+        self.result = None
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        self.result = self.work(noise_predictor(model_wrap, extra_args, noise.device))
+        return latent_image
+
+
+def noise_predictor(guider, extra_args, device) -> NoisePredictor:
+    """The engine's view of the model inside a running CFGGuider (cfg 1: the positive conditioning only)."""
+    inner = guider.inner_model
+    sampling = inner.model_sampling
+    options, seed = extra_args.get("model_options", {}), extra_args.get("seed")
+
+    def predict(latents, sigmas, noise):
+        z = inner.process_latent_in(latents.to(device))
+        s = sigmas.to(device=device, dtype=torch.float32)
+        x = sampling.noise_scaling(s, noise.to(device=device, dtype=z.dtype), z)
+        denoised = guider(x, s, model_options=options, seed=seed)
+        # x = a·noise + b·latent by the model's own rule (EPS, v, flow, ...): recover the predicted noise
+        ones, zeros = torch.ones_like(x[:, :1]), torch.zeros_like(x[:, :1])
+        a = sampling.noise_scaling(s, ones, zeros.clone())
+        b = sampling.noise_scaling(s, zeros.clone(), ones)
+        return (x - b * denoised) / a
+
+    def sigmas_from_uniform(u):
+        return torch.tensor([float(sampling.percent_to_sigma(float(p))) for p in u])
+
+    return NoisePredictor(predict, sigmas_from_uniform, inner.latent_format.latent_channels, type(inner).__name__)
+
+
+def with_diffusion_model(model, positive, latent_size, work):
+    """``work(predictor)`` inside ComfyUI's sampling set-up for ``model`` under ``positive``; returns its result."""
+    if not hasattr(model, "clone") or not hasattr(model, "get_model_object"):
+        raise ValueError(f"model: expected a MODEL from Load Checkpoint, got {type(model).__name__}")
+    if not isinstance(positive, list) or not positive:
+        raise ValueError("positive: expected a CONDITIONING from CLIP Text Encode (of the caption)")
+    patcher = model.clone()
+    for name, module in patcher.model.named_modules():
+        if hasattr(module, "weight_function"):
+            for part in ("weight", "bias"):
+                if getattr(module, part, None) is not None:
+                    patcher.add_weight_wrapper(f"{name}.{part}", _fresh_copy)
+    sampling = patcher.get_model_object("model_sampling")
+    channels = patcher.model.latent_format.latent_channels
+    guider = comfy.samplers.CFGGuider(patcher)
+    guider.inner_set_conds({"positive": positive})
+    sampler = _PoisonSampler(work)
+    latent = torch.zeros(1, channels, *latent_size)
+    sigmas = torch.tensor([float(sampling.sigma_max), 0.0])
+    try:
+        guider.sample(latent.clone(), latent, sampler, sigmas, seed=0)
+    except RuntimeError as e:
+        if "Inference tensors" in str(e):
+            raise RuntimeError(f"{type(patcher.model).__name__} has weights outside ComfyUI's cast layers, so the "
+                               "noise objective cannot differentiate through it; choose objective 'latent'") from e
+        raise
+    return sampler.result
+
+
+class NightshadePoison(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="NightshadePoison",
+            display_name="Nightshade Poison (Cloak)",
+            category="cloak",
+            description="Turns images of concept A into poison samples: captioned A, but seen by the model as "
+                        "the anchor's concept B, so a model trained on enough of them draws B when asked for A.",
+            inputs=[
+                io.Image.Input("image", tooltip="Your images of concept A (a batch: each image is poisoned on its own)."),
+                CloakEncoder.Input("encoder", tooltip="From LoadVAEEncoder: the VAE(s) of the models to poison. "
+                                                      "For objective noise, the model's own VAE."),
+                io.MultiType.Input("anchor", types=[io.Image, io.Latent],
+                                   tooltip="Concept B: images (e.g. Empty Latent → KSampler 'a photo of a "
+                                           "handbag' → VAE Decode) or that LATENT (single encoder only). With "
+                                           "several, each image gets the anchor nearest its own latent."),
+                io.String.Input("caption", default="a photo of a cow", multiline=True,
+                                tooltip="The caption of concept A that the poison samples carry: one line for "
+                                        "all images, or one line per image."),
+                *cloak_inputs(),
+                io.Combo.Input("objective", options=list(OBJECTIVES), default="latent",
+                               tooltip="latent: match the encoder latent of the anchor (the paper's "
+                                       "formulation; any encoder, ensembles too). noise: match the diffusion "
+                                       "model's predicted noise on the anchor under 'positive', at timesteps "
+                                       "from the model's schedule; needs model and positive; slower."),
+                io.Model.Input("model", optional=True,
+                               tooltip="For objective noise: the diffusion model (MODEL from Load Checkpoint)."),
+                io.Conditioning.Input("positive", optional=True,
+                                      tooltip="For objective noise: CLIP Text Encode of the caption (concept A)."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="poisoned", tooltip="The poison samples, on 8-bit levels (save as PNG)."),
+                io.String.Output(display_name="caption", is_output_list=True,
+                                 tooltip="One caption per image (a list), for Save Poison Dataset or "
+                                         "Make Training Dataset."),
+                io.Image.Output(display_name="perturbation",
+                                tooltip="The change, amplified to be visible (grey = unchanged)."),
+                io.String.Output(display_name="report",
+                                 tooltip="Which anchor each image got, how far its latent moved, PSNR, SSIM."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, image, encoder, anchor, caption, intensity, render_quality, robustness, seed, custom_budget,
+                budget, objective, model=None, positive=None) -> io.NodeOutput:
+        if objective == "noise" and (model is None or positive is None):
+            raise ValueError(NOISE_WIRING)
+        ensemble = as_ensemble(encoder)
+        pixels = image_to_engine(image)
+        captions = captions_for(caption, pixels.shape[0])
+        with grad_work():
+            plan = plan_poison(pixels, ensemble, anchor_to_engine(anchor))
+
+        def work(predictor=None):
+            make = plan.objective_factory(objective, predictor, seed)
+            return run_cloak(image, ensemble, make, intensity, render_quality, robustness, seed, custom_budget,
+                             budget, f"NightshadePoison ({objective} objective)")
+
+        if objective == "noise":
+            latent_size = plan.image_latents[0].shape[-2:]
+            poisoned, preview, report, _ = with_diffusion_model(model, positive, latent_size, work)
+        else:
+            poisoned, preview, report, _ = work()
+        with grad_work():
+            checks = plan.latent_check(image_to_engine(poisoned), padder(*pixels.shape[-2:], ensemble.multiple))
+        report = report + "\n" + format_pairing(checks, plan.anchor_latents[0].shape[0])
+        return io.NodeOutput(poisoned, captions, preview, report)
