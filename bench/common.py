@@ -154,3 +154,30 @@ def pil_jpeg(x, quality: int):
         back = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), dtype=np.float32) / 255
         out.append(torch.from_numpy(back).permute(2, 0, 1))
     return torch.stack(out).to(x.device)
+
+
+def match_psnr(run_at, psnr_goal: float, tol: float = 0.25, tries: int = 6):
+    """Tune the reference loop's L∞ bound until its PSNR is within ``tol`` dB of ``psnr_goal``.
+
+    ``run_at(eps) -> (result, ...)`` with ``result["psnr"]``. PSNR of a saturating sign attack falls almost
+    linearly in log ε, so each new try is the secant through the two tries nearest the goal (the first
+    correction assumes slope -20 dB per decade). Returns ``(eps, run_at's answer)`` of the closest try.
+    """
+    import math
+    tried = []
+    eps = 10 ** (-psnr_goal / 20)
+    for _ in range(tries):
+        out = run_at(eps)
+        psnr = out[0]["psnr"]
+        tried.append((abs(psnr - psnr_goal), math.log(eps), psnr, out, eps))
+        if abs(psnr - psnr_goal) <= tol:
+            break
+        near = sorted(tried)[:2]
+        if len(near) == 2 and abs(near[0][2] - near[1][2]) > 1e-3:
+            (_, l0, p0, _, _), (_, l1, p1, _, _) = near
+            log_eps = l0 + (psnr_goal - p0) * (l1 - l0) / (p1 - p0)
+        else:
+            log_eps = math.log(eps) + (psnr - psnr_goal) / 20 * math.log(10)
+        eps = math.exp(log_eps)
+    best = min(tried, key=lambda t: t[0])
+    return best[4], best[3]

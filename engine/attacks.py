@@ -213,7 +213,8 @@ class Attack:
 
     def __call__(self, x: torch.Tensor, ctx: AttackContext, seed: int) -> tuple[torch.Tensor, Warp | None]:
         y, warp = self.kind.run(x.float(), self.value, ctx, seed)
-        return T.quantize_8bit_ste(y.clamp(0, 1)).detach(), warp
+        # saved as 8 bits before anyone trains on it (exact rounding: no gradient is needed here)
+        return (torch.round(y.detach().clamp(0, 1) * 255) / 255), warp
 
 
 def parse_attacks(text: str) -> list[Attack]:

@@ -75,6 +75,9 @@ def optimize(
     losses: list[float] = []
     smooth, best_smooth, since_best = None, math.inf, 0
     samples = max(1, int(getattr(transforms, "samples", 1))) if transforms is not None else 1
+    # share of the loss given to the untransformed image every step when transforms are drawn (EOT): keeps
+    # the clean effect strong while the drawn transforms make it survive re-saving and resizing
+    clean_weight = float(getattr(transforms, "clean_weight", 0.0)) if transforms is not None else 0.0
 
     for t in range(steps):
         if should_stop is not None and should_stop():
@@ -82,10 +85,10 @@ def optimize(
         delta.requires_grad_(True)
         x_adv = x + delta
         seen = view(x_adv) if view is not None else x_adv
-        total = 0.0
+        total = loss_fn(seen, None).sum() * clean_weight if clean_weight > 0 else 0.0
         for _ in range(samples):
             warped, warp = transforms(seen, gen) if transforms is not None else (seen, None)
-            total = total + loss_fn(warped, warp).sum() / samples
+            total = total + loss_fn(warped, warp).sum() * (1 - clean_weight) / samples
         penalty = budget.penalty(x, x_adv)
         objective = total + (penalty.sum() if penalty is not None else 0.0)
         (grad,) = torch.autograd.grad(objective, delta)

@@ -95,11 +95,13 @@ class EOT:
 
     ``p_identity`` keeps some steps on the untouched image so the clean effect stays strong; each
     other step draws one transform kind, with parameters drawn per image from the ranges below.
-    ``samples`` draws per step (their losses are averaged; batched into one encoder call).
+    ``samples`` draws per step (their losses are averaged); ``clean_weight`` > 0 also scores the untouched
+    image every step, with that share of the loss (one more encoder pass per step).
     """
 
     p_identity: float = 0.25
     samples: int = 1
+    clean_weight: float = 0.0
     jpeg_quality: tuple[float, float] = (50.0, 95.0)
     resize_scale: tuple[float, float] = (0.45, 0.9)
     blur_sigma: tuple[float, float] = (0.3, 1.5)

@@ -60,8 +60,8 @@ def test_known_answers_identity_jpeg100_and_blur_strength(cl):
     report, _ = check(cl, "none, jpeg444:100, jpeg:100, jpeg:50, blur:0.5, blur:1, blur:2, blur:4")
     rows = by_attack(report)
     assert report["clean_gain"] > 0.1  # the cloak did move the latent toward the style
-    assert rows["none"]["kept"] == pytest.approx(1.0, abs=1e-9) and rows["none"]["verdict"] == "holds"
-    assert rows["none"]["gain"] == pytest.approx(report["clean_gain"], abs=1e-9)
+    assert rows["none"]["kept"] == pytest.approx(1.0, abs=1e-6) and rows["none"]["verdict"] == "holds"
+    assert rows["none"]["gain"] == pytest.approx(report["clean_gain"], abs=1e-6)
     assert rows["jpeg444:100"]["kept"] >= 0.95, rows["jpeg444:100"]  # near-lossless: keeps nearly all
     # 4:2:0 chroma subsampling (Pillow's default) costs part of it even at q100; lower quality costs more
     assert rows["jpeg:50"]["kept"] < rows["jpeg:100"]["kept"] < rows["jpeg444:100"]["kept"]
