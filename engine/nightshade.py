@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .cloak import CloakResult, CloakSettings, check_images, cloak_images, padder
 from .encoders import EncoderEnsemble
-from .objectives import LatentMatch, Warp
+from .objectives import EnsembleObjective, LatentMatch, Warp
 
 OBJECTIVES = ("latent", "noise")
 # Timesteps are drawn as a fraction u of the model's schedule (0 = most noise); the extreme ends are left
@@ -57,7 +57,7 @@ class NoisePredictor:
     name: str = "diffusion model"
 
 
-class NoiseMatch:
+class NoiseMatch(EnsembleObjective):
     """Predicted-noise match (Nightshade's second formulation; the semantic loss of AdvDM/Mist, pulled
     toward an anchor instead of pushed away). Same contract as :mod:`engine.objectives`.
 
@@ -79,11 +79,11 @@ class NoiseMatch:
                 raise ValueError(
                     f"encoder {m.name!r} makes {a.shape[1]}-channel latents but {predictor.name} takes {channels}: "
                     "for the noise objective, use the VAE that belongs to the model (e.g. the checkpoint's own)")
-        self.encoder, self.predictor = encoder, predictor
+        super().__init__(encoder)
+        self.predictor = predictor
         self.anchors = [a.detach().float() for a in anchors]
         self.draws, self.eval_draws, self.seed = draws, eval_draws, seed
         self.gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        self._d0: torch.Tensor | None = None
 
     def _draw(self, shape, n: int, gen: torch.Generator | None):
         lo, hi = U_RANGE
@@ -118,20 +118,13 @@ class NoiseMatch:
             cols.append(self._member_distance(k, z, warp, d))
         return torch.stack(cols, dim=1)
 
-    def calibrate(self, pixels: torch.Tensor) -> None:
-        with torch.no_grad():
-            self._d0 = self.distances(pixels).clamp_min(1e-8)
-
-    def loss(self, pixels: torch.Tensor, warp: Warp | None = None) -> torch.Tensor:
-        if self._d0 is None:
-            raise RuntimeError("call calibrate(original_pixels) before loss()")
+    def training_distances(self, pixels: torch.Tensor, warp: Warp | None = None) -> torch.Tensor:
+        """Fresh (timestep, noise) draws every call, seeded, for the loss."""
         cols = []
         for k, m in enumerate(self.encoder.members):
             z = m(pixels)
             cols.append(self._member_distance(k, z, warp, self._draw(z.shape, self.draws, self.gen)))
-        d = torch.stack(cols, dim=1)
-        w = torch.tensor(self.encoder.weights, device=d.device)
-        return ((d / self._d0.to(d.device)) ** 2 * w).sum(1)
+        return torch.stack(cols, dim=1)
 
 
 def cover(t: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -95,7 +95,7 @@ def fit_latent(z: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(z, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
 
 
-class _EnsembleObjective:
+class EnsembleObjective:
     """Shared mechanics: per-member distances, normalisation by the start distance, weights."""
 
     def __init__(self, encoder: EncoderEnsemble):
@@ -109,6 +109,10 @@ class _EnsembleObjective:
         cols = [self.member_distance(k, m(pixels), warp) for k, m in enumerate(self.encoder.members)]
         return torch.stack(cols, dim=1)
 
+    def training_distances(self, pixels: torch.Tensor, warp: Warp | None = None) -> torch.Tensor:
+        """The distances the loss uses (the same as ``distances`` unless an objective samples, e.g. timesteps)."""
+        return self.distances(pixels, warp)
+
     def calibrate(self, pixels: torch.Tensor) -> None:
         with torch.no_grad():
             self._d0 = self.distances(pixels).clamp_min(1e-8)
@@ -116,12 +120,12 @@ class _EnsembleObjective:
     def loss(self, pixels: torch.Tensor, warp: Warp | None = None) -> torch.Tensor:
         if self._d0 is None:
             raise RuntimeError("call calibrate(original_pixels) before loss()")
-        d = self.distances(pixels, warp)
+        d = self.training_distances(pixels, warp)
         w = torch.tensor(self.encoder.weights, device=d.device)
         return ((d / self._d0.to(d.device)) ** 2 * w).sum(1)
 
 
-class LatentMatch(_EnsembleObjective):
+class LatentMatch(EnsembleObjective):
     """Pull the encoder latent toward a target latent: ``||E(x+δ) - t||₂`` (Glaze; Nightshade's latent form;
     PhotoGuard's encoder attack).
 
@@ -145,7 +149,7 @@ class LatentMatch(_EnsembleObjective):
         return (z - t).flatten(1).norm(dim=1)
 
 
-class LatentStyleStats(_EnsembleObjective):
+class LatentStyleStats(EnsembleObjective):
     """Match latent style statistics (channel mean/std and Gram matrix) of a style set (StyleGuard, 2025).
 
     Position-free, so it needs no paired style-transferred image and ignores geometric warps.
@@ -165,7 +169,7 @@ class LatentStyleStats(_EnsembleObjective):
 
 
 def objective_for_target(encoder: EncoderEnsemble, target: StyleTarget, index: int,
-                         latent_size: Sequence[tuple[int, int]]) -> _EnsembleObjective:
+                         latent_size: Sequence[tuple[int, int]]) -> EnsembleObjective:
     """The objective for image ``index`` of a batch, given a style target; ``latent_size`` per member."""
     if target.encoder != encoder.name:
         raise ValueError(
