@@ -172,7 +172,7 @@ def match_psnr(run_at, psnr_goal: float, tol: float = 0.25, tries: int = 6):
         tried.append((abs(psnr - psnr_goal), math.log(eps), psnr, out, eps))
         if abs(psnr - psnr_goal) <= tol:
             break
-        near = sorted(tried)[:2]
+        near = sorted(tried, key=lambda t: t[0])[:2]
         if len(near) == 2 and abs(near[0][2] - near[1][2]) > 1e-3:
             (_, l0, p0, _, _), (_, l1, p1, _, _) = near
             log_eps = l0 + (psnr_goal - p0) * (l1 - l0) / (p1 - p0)
