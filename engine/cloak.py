@@ -26,6 +26,7 @@ class CloakSettings:
     eps: float = 8 / 255
     floor: float = 0.2
     min_psnr: float | None = 35.0
+    min_ssim: float | None = None
     budget: str = "adaptive"  # "adaptive" | "linf" | "lpips"
     steps: int = 100
     robustness: str = "on"
@@ -44,11 +45,13 @@ class CloakSettings:
         raise ValueError(f"unknown budget {self.budget!r}; choose adaptive, linf or lpips")
 
 
-# Intensity: how much the image may change. eps caps any pixel; min_psnr caps the total change.
+# Intensity: how much the image may change. eps caps any pixel; min_psnr caps the total change; min_ssim is
+# a floor on structural similarity, enforced at the end by shrinking the change (images with large smooth
+# or dark areas, where SSIM is most sensitive, are the ones it acts on).
 INTENSITY = {
-    "low": dict(eps=6 / 255, min_psnr=38.0),
-    "default": dict(eps=10 / 255, min_psnr=35.0),
-    "high": dict(eps=16 / 255, min_psnr=32.0),
+    "low": dict(eps=6 / 255, min_psnr=38.0, min_ssim=0.97),
+    "default": dict(eps=10 / 255, min_psnr=35.0, min_ssim=0.95),
+    "high": dict(eps=16 / 255, min_psnr=32.0, min_ssim=0.90),
 }
 # Render quality: how long to compute (optimisation steps), as in Glaze.
 RENDER_QUALITY = {"faster": 50, "default": 100, "slowest": 300}
@@ -64,7 +67,7 @@ def settings_for(intensity: str = "default", render_quality: str = "default", ro
     if intensity == "custom":
         if custom_eps is None or not 0 < custom_eps <= 0.25:
             raise ValueError(f"a custom intensity needs a budget in (0, 64/255], got {custom_eps}")
-        level = dict(eps=custom_eps, min_psnr=None)
+        level = dict(eps=custom_eps, min_psnr=None, min_ssim=None)
     elif intensity in INTENSITY:
         level = INTENSITY[intensity]
     else:
@@ -148,6 +151,9 @@ def cloak_images(images: torch.Tensor, encoder: EncoderEnsemble, make_objective:
                        step_rule=settings.step_rule, lr=settings.lr, lr_final=settings.lr_final,
                        patience=settings.patience, on_step=step_cb, should_stop=should_stop)
         x_adv = quantize_to_8bit(x, x + res.delta, budget.caps)
+        kept = 1.0
+        if settings.min_ssim is not None:
+            x_adv, kept = shrink_to_ssim(x, x_adv, budget.caps, settings.min_ssim)
         with torch.no_grad():
             gain = metrics.target_gain(objective.distances(pad(x)), objective.distances(pad(x_adv)))
         reports.append({
@@ -156,12 +162,33 @@ def cloak_images(images: torch.Tensor, encoder: EncoderEnsemble, make_objective:
             "target_gain": float(gain[0]),
             "linf_255": float((x_adv - x).abs().max() * 255),
             "steps": res.steps_run,
+            "ssim_scale": kept,
             "seconds": time.perf_counter() - start,
         })
         if on_progress is not None and res.steps_run < settings.steps:
             on_progress(done_before + settings.steps, total)
         out.append(x_adv.cpu())
     return CloakResult(torch.cat(out, 0), reports)
+
+
+def shrink_to_ssim(x: torch.Tensor, x_adv: torch.Tensor, caps: torch.Tensor, min_ssim: float,
+                   iters: int = 10) -> tuple[torch.Tensor, float]:
+    """Scale the change of one image down (bisection on the scale) until SSIM ≥ ``min_ssim``.
+
+    A scaled-down change stays inside every budget (box, L2 ceiling) and is re-rounded to 8-bit levels.
+    Returns ``(image, scale)``; scale 1.0 when the floor already holds.
+    """
+    if float(metrics.ssim(x_adv, x)[0]) >= min_ssim:
+        return x_adv, 1.0
+    delta, lo, hi, best = x_adv - x, 0.0, 1.0, x
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        candidate = quantize_to_8bit(x, x + mid * delta, caps)
+        if float(metrics.ssim(candidate, x)[0]) >= min_ssim:
+            lo, best = mid, candidate
+        else:
+            hi = mid
+    return best, lo
 
 
 def reference_settings(eps: float, steps: int) -> CloakSettings:
@@ -174,11 +201,13 @@ def format_report(reports: list[dict], title: str) -> str:
     """A short human-readable report, one line per image."""
     lines = [title]
     for i, r in enumerate(reports):
+        shrunk = (f", change scaled to {r['ssim_scale']:.2f} to keep the preset's SSIM floor"
+                  if r.get("ssim_scale", 1.0) < 1.0 else "")
         lines.append(f"image {i}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}, target gain "
                      f"{r['target_gain']:.3f}, max change {r['linf_255']:.0f}/255, {r['steps']} steps, "
-                     f"{r['seconds']:.1f} s")
+                     f"{r['seconds']:.1f} s{shrunk}")
     return "\n".join(lines)
 
 
 __all__ = ["CloakSettings", "INTENSITY", "RENDER_QUALITY", "settings_for", "cloak_images", "CloakResult",
-           "reference_settings", "format_report", "check_images", "padder", "latent_sizes"]
+           "reference_settings", "shrink_to_ssim", "format_report", "check_images", "padder", "latent_sizes"]

@@ -17,8 +17,9 @@ def cloak_inputs() -> list:
     """The inputs GlazePerturb and NightshadePoison share (same names, same presets)."""
     return [
         io.Combo.Input("intensity", options=list(INTENSITY) + ["custom"], default="default",
-                       tooltip="How much the image may change. low ≈ PSNR 38 dB, default ≈ 35 dB, high ≈ 32 dB "
-                               "(more protection, more visible). custom: at most custom_budget/255 per pixel."),
+                       tooltip="How much the image may change. low: PSNR ≥ 38 dB, SSIM ≥ 0.97; default: PSNR ≥ 35 dB, "
+                               "SSIM ≥ 0.95; high: PSNR ≥ 32 dB, SSIM ≥ 0.90 (more protection, more visible). "
+                               "custom: at most custom_budget/255 per pixel, no PSNR/SSIM floor."),
         io.Combo.Input("render_quality", options=list(RENDER_QUALITY), default="default",
                        tooltip="How long to compute: faster = 50, default = 100, slowest = 300 optimisation "
                                "steps per image. Longer gives a stronger cloak at the same intensity."),

@@ -261,3 +261,17 @@ def test_engine_has_no_comfyui_imports():
                     [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
                 for n in names:
                     assert n.split(".")[0] not in banned, f"engine/{fn} imports {n}"
+
+
+def test_ssim_floor_shrinks_the_change_until_it_holds():
+    x = photo_like(1)
+    loose = E.settings_for("custom", "faster", "off", custom_eps=16 / 255)
+    res, _ = glaze(x, toy_encoder(), loose)
+    assert res.reports[0]["ssim"] < 0.99, res.reports[0]  # the floor below has something to do
+    strict = E.CloakSettings(**{**loose.__dict__, "min_ssim": 0.99})
+    held, _ = glaze(x, toy_encoder(), strict)
+    r = held.reports[0]
+    assert r["ssim"] >= 0.99 and 0 < r["ssim_scale"] < 1, r
+    assert float(E.ssim(held.images, x)) >= 0.99 and not torch.equal(held.images, x)
+    assert 0 < r["target_gain"] < res.reports[0]["target_gain"]
+    assert "SSIM floor" in E.format_report(held.reports, "t")
