@@ -4,7 +4,7 @@ Prints, for the trained TAESD (256², 512²) and the full-size SD1.x VAE archite
 (128², 256²; timing and memory only — its gains mean nothing): seconds per image and per step, peak
 memory, PSNR, SSIM, target gain before and after JPEG q75 (real codec) and a 0.5× down-up resize; and the
 same for the reference loop (PhotoGuard-style L∞ sign PGD to the target latent, same steps, no EOT) whose
-L∞ bound is set per preset so its PSNR matches ours within 0.25 dB, side by side with ratios.
+L∞ bound is set per preset so its PSNR is the 8-bit level nearest our PSNR, side by side with ratios.
 
     .host/venv/bin/python bench/bench_glaze.py            # everything (CPU: ~40 min)
     .host/venv/bin/python bench/bench_glaze.py --quick    # TAESD 256² only, 2 images
@@ -68,7 +68,7 @@ def attacked_gain(E, ensemble, x, x_adv, target, attack):
 
 
 def matched_reference(E, ensemble, x, styles, psnr_target, steps, seed):
-    """Reference loop with its L∞ bound tuned until its PSNR is within 0.25 dB of ``psnr_target``."""
+    """Reference loop with its L∞ bound tuned until its PSNR is nearest ``psnr_target`` (8-bit grid, see common.match_psnr)."""
     eps, (ref, traj) = common.match_psnr(
         lambda e: run(E, ensemble, x, styles, E.reference_settings(e, steps), seed), psnr_target)
     ref["eps_255"] = eps * 255

@@ -160,7 +160,7 @@ def bench_speed(ctx, size, noise_steps, full_steps):
 
 
 def matched_reference(ctx, x, anchors, psnr_target, steps, seed=0):
-    """Reference loop with its L∞ bound tuned until its PSNR is within 0.25 dB of ``psnr_target``."""
+    """Reference loop with its L∞ bound tuned until its PSNR is nearest ``psnr_target`` (8-bit grid, see common.match_psnr)."""
     eps, (ref, _) = common.match_psnr(
         lambda e: run(ctx, x, anchors, ctx.E.reference_settings(e, steps), seed=seed), psnr_target)
     ref["eps_255"] = eps * 255

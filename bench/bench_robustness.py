@@ -39,7 +39,7 @@ def cloak(E, ensemble, x, target, settings, seed):
 
 
 def matched_reference(E, ensemble, x, target, psnr_goal, steps, seed):
-    """Reference loop with its L∞ bound tuned until its PSNR is within 0.25 dB of ``psnr_goal``."""
+    """Reference loop with its L∞ bound tuned until its PSNR is nearest ``psnr_goal`` (8-bit grid, see common.match_psnr)."""
     return common.match_psnr(
         lambda e: cloak(E, ensemble, x, target, E.reference_settings(e, steps), seed), psnr_goal)[1]
 
