@@ -40,8 +40,11 @@ def cloak(E, ensemble, x, target, settings, seed):
 
 def matched_reference(E, ensemble, x, target, psnr_goal, steps, seed):
     """Reference loop with its L∞ bound tuned until its PSNR is nearest ``psnr_goal`` (8-bit grid, see common.match_psnr)."""
-    return common.match_psnr(
-        lambda e: cloak(E, ensemble, x, target, E.reference_settings(e, steps), seed), psnr_goal)[1]
+    def run_at(eps):
+        images, info, make = cloak(E, ensemble, x, target, E.reference_settings(eps, steps), seed)
+        return info, (images, info, make)
+
+    return common.match_psnr(run_at, psnr_goal)[1][1]
 
 
 def main():
