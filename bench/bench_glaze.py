@@ -21,6 +21,12 @@ import torch
 import common
 
 
+def pil_codec(x, fmt, quality):
+    """The real-codec re-save of RobustnessCheck (engine/attacks.py), so both benches attack alike."""
+    from importlib import import_module
+    return import_module("ComfyUI-Cloak.engine.attacks").pil_codec(x, fmt, quality)
+
+
 def run(E, ensemble, x, styles, settings, seed, track_every=5):
     """Cloak ``x`` with ``settings``; returns per-image metrics and each image's gain trajectory."""
     pad = E.padder(x.shape[-2], x.shape[-1], ensemble.multiple)
@@ -47,7 +53,7 @@ def run(E, ensemble, x, styles, settings, seed, track_every=5):
         res = E.cloak_images(x, ensemble, make_objective, settings, seed=seed, on_step=on_step)
         seconds = time.perf_counter() - t0
     out = {k: sum(r[k] for r in res.reports) / len(res.reports) for k in ("psnr", "ssim", "target_gain")}
-    out["gain_jpeg75"] = attacked_gain(E, ensemble, x, res.images, target, lambda y: common.pil_jpeg(y, 75))
+    out["gain_jpeg75"] = attacked_gain(E, ensemble, x, res.images, target, lambda y: pil_codec(y, "JPEG", 75))
     out["gain_resize05"] = attacked_gain(E, ensemble, x, res.images, target, lambda y: E.transforms.resize_down_up(y, 0.5))
     steps = sum(r["steps"] for r in res.reports)
     # seconds include the gain-tracking forward every ``track_every`` steps (same for both methods)

@@ -140,22 +140,6 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def pil_jpeg(x, quality: int):
-    """A real JPEG round trip through Pillow (what an attacker or a website does), ``[B, 3, H, W]``."""
-    import io
-    import numpy as np
-    import torch
-    from PIL import Image
-    out = []
-    for img in x:
-        arr = (img.permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
-        back = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), dtype=np.float32) / 255
-        out.append(torch.from_numpy(back).permute(2, 0, 1))
-    return torch.stack(out).to(x.device)
-
-
 def match_psnr(run_at, psnr_goal: float, tol: float = 0.5, tries: int = 5):
     """Pick the reference loop's L∞ bound, on the 8-bit grid k/255, whose PSNR is nearest ``psnr_goal``.
 
