@@ -4,7 +4,9 @@ Prints, for the trained TAESD (256², 512²) and the full-size SD1.x VAE archite
 (128², 256²; timing and memory only — its gains mean nothing): seconds per image and per step, peak
 memory, PSNR, SSIM, target gain before and after JPEG q75 (real codec) and a 0.5× down-up resize; and the
 same for the reference loop (PhotoGuard-style L∞ sign PGD to the target latent, same steps, no EOT) whose
-L∞ bound is set per preset so its PSNR is the 8-bit level nearest our PSNR, side by side with ratios.
+L∞ bound is set per preset so its PSNR is the 8-bit level nearest our PSNR, side by side with ratios. When
+that level is more than 0.5 dB away, ours is run again with its PSNR ceiling moved onto the reference's
+(row glaze@ref) and the ratios and step count compare that matched pair.
 
     .host/venv/bin/python bench/bench_glaze.py            # everything (CPU: ~40 min)
     .host/venv/bin/python bench/bench_glaze.py --quick    # TAESD 256² only, 2 images
@@ -104,11 +106,20 @@ def bench_model(E, name, ensemble, size, count, presets, robustness, quality, se
             settings = dataclasses.replace(settings, steps=quality_steps)
         ours, our_traj = run(E, ensemble, x, styles, settings, seed)
         ref, ref_traj = matched_reference(E, ensemble, x, styles, ours["psnr"], settings.steps, seed)
-        for label, r in (("glaze", ours), ("reference", ref)):
+        rows = [("glaze", ours), ("reference", ref)]
+        if abs(ref["psnr"] - ours["psnr"]) > 0.5 and settings.min_psnr is not None:
+            # the reference's PSNR moves in whole 8-bit levels (about 2 dB apart near 35 dB), so when it cannot
+            # land within 0.5 dB of ours, ours is re-run with its PSNR ceiling moved by the difference: same
+            # preset otherwise (SSIM floor included), a real second run, printed as glaze@ref
+            moved = dataclasses.replace(settings, min_psnr=settings.min_psnr + ref["psnr"] - ours["psnr"])
+            ours, our_traj = run(E, ensemble, x, styles, moved, seed)
+            rows.insert(1, ("glaze@ref", ours))
+        for label, r in rows:
             extra = f" {r['eps_255']:8.2f}" if "eps_255" in r else f" {settings.eps * 255:8.2f}"
             print(f"{preset:8} {label:10} " + " ".join(f"{r[c]:13.4f}" for c in COLS) + extra)
         ratio = {c: ours[c] / ref[c] if ref[c] else float("nan") for c in COLS}
-        print(f"{preset:8} {'ratio':10} " + " ".join(f"{ratio[c]:13.3f}" for c in COLS))
+        print(f"{preset:8} {'ratio':10} " + " ".join(f"{ratio[c]:13.3f}" for c in COLS)
+              + ("  (glaze@ref / reference)" if len(rows) == 3 else ""))
         reach = steps_to_reach(our_traj, ref["target_gain"])
         print(f"{preset:8} glaze reaches the reference's final gain {ref['target_gain']:.3f} at step "
               f"{reach:.0f} of {settings.steps} ({reach / settings.steps:.2f} of the steps)")

@@ -5,7 +5,7 @@ Images: real photos (scikit-image, held out of the TAESD's training first); targ
 copy (bench/common.stylise, the stand-in for Glaze's style transfer), per image. GlazePerturb runs
 ``settings_for(intensity, render_quality, robustness)``; the reference loop is PhotoGuard-style L∞ sign PGD
 (``engine.cloak.reference_settings``, same steps, no EOT) with its ε set so its PSNR matches GlazePerturb
-(robustness on) within 0.25 dB. Every attack of engine/attacks.py runs (the VAE round trip and IMPRESS with the
+(robustness on) at the nearest 8-bit level (common.match_psnr). Every attack of engine/attacks.py runs (the VAE round trip and IMPRESS with the
 same TAESD); DiffPure / noisy upscaling need a trained diffusion model, which this offline machine lacks.
 
     .host/venv/bin/python bench/bench_robustness.py              # 3 images, default preset (CPU: ~15 min)

@@ -56,7 +56,7 @@ class AdaptiveBudget(LinfBox):
     moves the encoder most rather than saturating every pixel as an L∞ sign attack does.
     """
 
-    def __init__(self, eps: float, floor: float = 0.2, min_psnr: float | None = None, window: int = 7):
+    def __init__(self, eps: float, floor: float = 0.1, min_psnr: float | None = None, window: int = 7):
         super().__init__(eps)
         if not 0 <= floor <= 1:
             raise ValueError(f"floor must be in [0, 1], got {floor}")
@@ -65,7 +65,10 @@ class AdaptiveBudget(LinfBox):
 
     def setup(self, x: torch.Tensor) -> None:
         t = texture_map(x.float(), self.window)
-        self.caps = self.eps * (self.floor + (1 - self.floor) * t)
+        caps = self.eps * (self.floor + (1 - self.floor) * t)
+        # caps on whole 8-bit levels: a change saturated at its cap then survives the final rounding intact
+        # (a cap of 3.6 levels would otherwise be rounded down to 3, losing a tenth of the change)
+        self.caps = torch.minimum((caps * 255).round().clamp_min(1) / 255, torch.full_like(caps, self.eps))
         if self.min_psnr is not None:
             n = x[0].numel()
             self.radius = torch.full((x.shape[0],), math.sqrt(n) * 10 ** (-self.min_psnr / 20), device=x.device)

@@ -70,8 +70,10 @@ def make_style_target(encoder: EncoderEnsemble, style_pixels: Sequence[torch.Ten
         raise ValueError("no style images: give at least one target-style image")
     per_member = []
     with torch.no_grad():
+        # one image at a time: a target then does not depend on what else was in the batch (batched
+        # convolutions round differently), so the same artwork gets the same cloak; and memory stays flat
         for m in encoder.members:
-            per_member.append([m(pad(b)) for b in batches])
+            per_member.append([torch.cat([m(pad(b[j:j + 1])) for j in range(b.shape[0])]) for b in batches])
     return style_target_from_latents(encoder.name, [m.name for m in encoder.members], per_member, mode)
 
 

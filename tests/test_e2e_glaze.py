@@ -33,9 +33,9 @@ def test_glaze_workflow_writes_a_cloaked_png_within_budget(server):
     cloaked = np.asarray(Image.open(files[0]).convert("RGB"), dtype=np.int16)
     assert cloaked.shape == original.shape
     change = np.abs(cloaked - original)
-    assert 0 < change.max() <= 10  # default intensity: at most 10/255 per pixel, in the saved file
+    assert 0 < change.max() <= 20  # default intensity: at most 20/255 per pixel, in the saved file
     mse = ((cloaked - original) / 255.0) ** 2
-    assert 10 * np.log10(1 / mse.mean()) >= 33
+    assert 10 * np.log10(1 / mse.mean()) >= 34.99  # and its PSNR floor of 35 dB holds on the 8-bit file
     report = "\n".join(sum(texts(entry).values(), []))
     assert "GlazePerturb" in report and "target gain" in report
 

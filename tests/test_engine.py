@@ -62,7 +62,7 @@ def test_objective_falls_and_target_gain_positive():
     x = photo_like()
     res, _ = glaze(x, toy_encoder(), E.settings_for("default", "faster", "off"))
     for r in res.reports:
-        assert r["target_gain"] > 0.2, r
+        assert r["target_gain"] > 0.15, r  # half of photo_like is flat colour, which gets a tenth of the cap
 
 
 @pytest.mark.parametrize("robustness", ["off", "on"])
@@ -274,4 +274,19 @@ def test_ssim_floor_shrinks_the_change_until_it_holds():
     assert r["ssim"] >= 0.99 and 0 < r["ssim_scale"] < 1, r
     assert float(E.ssim(held.images, x)) >= 0.99 and not torch.equal(held.images, x)
     assert 0 < r["target_gain"] < res.reports[0]["target_gain"]
-    assert "SSIM floor" in E.format_report(held.reports, "t")
+    assert "SSIM/PSNR floor" in E.format_report(held.reports, "t")
+
+
+def test_presets_hold_their_psnr_floor_on_the_8bit_image():
+    # the adaptive budget's caps sit on whole 8-bit levels and the change fills its L2 ceiling, so rounding
+    # can land a few hundredths of a dB under the preset's floor; the final shrink must put it back above
+    x = photo_like(2)
+    s = E.CloakSettings(**{**E.settings_for("low", "faster", "off").__dict__, "steps": 15})
+    res, _ = glaze(x, toy_encoder(), s)
+    budget = s.make_budget()
+    budget.setup(x)
+    assert float((budget.caps * 255 - torch.round(budget.caps * 255)).abs().max()) < 1e-4  # whole levels
+    for i, r in enumerate(res.reports):
+        assert r["psnr"] >= s.min_psnr, r
+        assert float(E.psnr(res.images[i:i + 1], x[i:i + 1])) >= s.min_psnr
+        assert r["target_gain"] > 0, r

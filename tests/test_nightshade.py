@@ -278,5 +278,5 @@ def test_workflow_runs_end_to_end_and_writes_the_poison_set(server):
         assert f.read().strip() == caption
     original = np.asarray(small, dtype=np.float64)
     saved = np.asarray(Image.open(written[0]).convert("RGB"), dtype=np.float64)
-    assert saved.shape == original.shape and 0 < np.abs(saved - original).max() <= 10
-    assert 10 * np.log10(255 ** 2 / ((saved - original) ** 2).mean()) >= 33
+    assert saved.shape == original.shape and 0 < np.abs(saved - original).max() <= 20  # default: 20/255
+    assert 10 * np.log10(255 ** 2 / ((saved - original) ** 2).mean()) >= 34.99  # default's 35 dB floor
