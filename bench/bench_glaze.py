@@ -136,7 +136,9 @@ def main():
     ap.add_argument("--sd-steps", type=int, default=4, help="steps per SD-VAE run (CPU timing only)")
     ap.add_argument("--steps-512", type=int, default=None, help="steps per TAESD 512² run (default: the preset's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sections", default="256,512,sd", help="which parts to run (comma-separated: 256, 512, sd)")
     args = ap.parse_args()
+    sections = {"256"} if args.quick else set(args.sections.split(","))
     pack = common.load_host()
     E = pack.engine
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -145,12 +147,14 @@ def main():
     presets = ("low", "default", "high")
     taesd = E.as_ensemble(adapters.vae_encoder(common.taesd_vae()))
     taesd.prepare()
-    bench_model(E, "trained TAESD", taesd, 256, 2 if args.quick else args.images, presets,
-                args.robustness, args.quality, args.seed)
-    if args.quick:
+    if "256" in sections:
+        bench_model(E, "trained TAESD", taesd, 256, 2 if args.quick else args.images, presets,
+                    args.robustness, args.quality, args.seed)
+    if "512" in sections:
+        bench_model(E, "trained TAESD", taesd, 512, 1, presets, args.robustness, args.quality, args.seed,
+                    quality_steps=args.steps_512)
+    if "sd" not in sections:
         return
-    bench_model(E, "trained TAESD", taesd, 512, 1, presets, args.robustness, args.quality, args.seed,
-                quality_steps=args.steps_512)
     sd = E.as_ensemble(adapters.vae_encoder(common.random_sd_vae()))
     sd.prepare()
     for size in (128, 256):
