@@ -17,7 +17,7 @@ import os
 import torch
 
 import common
-from bench_glaze import run
+from bench_glaze import run, steps_to_reach
 
 
 def interp(curve, psnr, key):
@@ -96,17 +96,12 @@ def main():
         r, traj = run(E, enc, x, styles, s, 0)
         reach = []
         for ref in curve[1:4]:
-            reach.append(common_reach(traj, ref["target_gain"]))
-        reach.append(common_reach(traj, interp(curve, r["psnr"], "target_gain")))
+            reach.append(steps_to_reach(traj, ref["target_gain"]))
+        reach.append(steps_to_reach(traj, interp(curve, r["psnr"], "target_gain")))
         print(f"{name:12} {r['psnr']:6.2f} {r['ssim']:6.4f} {r['target_gain']:6.4f} "
               f"{interp(curve, r['psnr'], 'target_gain'):7.4f} {r['gain_jpeg75']:6.4f} "
               f"{interp(curve, r['psnr'], 'gain_jpeg75'):6.4f} {r['gain_resize05']:6.4f} "
               f"{interp(curve, r['psnr'], 'gain_resize05'):6.4f} {r['sec_img']:6.2f}  {reach}", flush=True)
-
-
-def common_reach(trajs, goal):
-    firsts = [next((s for s, g in t if g >= goal), float("inf")) for t in trajs]
-    return sum(firsts) / len(firsts)
 
 
 if __name__ == "__main__":

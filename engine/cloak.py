@@ -163,7 +163,7 @@ def cloak_images(images: torch.Tensor, encoder: EncoderEnsemble, make_objective:
             "target_gain": float(gain[0]),
             "linf_255": float((x_adv - x).abs().max() * 255),
             "steps": res.steps_run,
-            "ssim_scale": kept,
+            "floor_scale": kept,
             "seconds": time.perf_counter() - start,
         })
         if on_progress is not None and res.steps_run < settings.steps:
@@ -184,7 +184,7 @@ def shrink_to_floors(x: torch.Tensor, x_adv: torch.Tensor, caps: torch.Tensor, m
             return False
         return min_ssim is None or float(metrics.ssim(candidate, x)[0]) >= min_ssim
 
-    if (min_ssim is None and min_psnr is None) or ok(x_adv):
+    if ok(x_adv):
         return x_adv, 1.0
     delta, lo, hi, best = x_adv - x, 0.0, 1.0, x
     for _ in range(iters):
@@ -207,8 +207,8 @@ def format_report(reports: list[dict], title: str) -> str:
     """A short human-readable report, one line per image."""
     lines = [title]
     for i, r in enumerate(reports):
-        shrunk = (f", change scaled to {r['ssim_scale']:.2f} to keep the preset's SSIM/PSNR floor"
-                  if r.get("ssim_scale", 1.0) < 1.0 else "")
+        shrunk = (f", change scaled to {r['floor_scale']:.2f} to keep the preset's SSIM/PSNR floor"
+                  if r.get("floor_scale", 1.0) < 1.0 else "")
         lines.append(f"image {i}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}, target gain "
                      f"{r['target_gain']:.3f}, max change {r['linf_255']:.0f}/255, {r['steps']} steps, "
                      f"{r['seconds']:.1f} s{shrunk}")

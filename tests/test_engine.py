@@ -271,7 +271,7 @@ def test_ssim_floor_shrinks_the_change_until_it_holds():
     strict = E.CloakSettings(**{**loose.__dict__, "min_ssim": 0.99})
     held, _ = glaze(x, toy_encoder(), strict)
     r = held.reports[0]
-    assert r["ssim"] >= 0.99 and 0 < r["ssim_scale"] < 1, r
+    assert r["ssim"] >= 0.99 and 0 < r["floor_scale"] < 1, r
     assert float(E.ssim(held.images, x)) >= 0.99 and not torch.equal(held.images, x)
     assert 0 < r["target_gain"] < res.reports[0]["target_gain"]
     assert "SSIM/PSNR floor" in E.format_report(held.reports, "t")
