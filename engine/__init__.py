@@ -2,7 +2,7 @@
 from .budgets import AdaptiveBudget, LinfBox, LpipsBudget, quantize_to_8bit, texture_map
 from .cloak import (CloakSettings, INTENSITY, RENDER_QUALITY, cloak_images, format_report, latent_sizes,
                     padder, reference_settings, settings_for)
-from .encoders import CallableEncoder, EncoderEnsemble, LatentEncoder, as_ensemble, module_encoder
+from .encoders import CallableEncoder, EncoderEnsemble, LatentEncoder, as_ensemble, module_encoder, tae_encoder
 from .metrics import psnr, ssim, target_gain
 from .objectives import (LatentMatch, LatentStyleStats, StyleTarget, make_style_target, objective_for_target,
                          style_target_from_latents)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 
 import torch
 
@@ -11,6 +10,7 @@ import comfy.model_management as mm
 import comfy.utils
 
 from ..engine import Cancelled, CallableEncoder
+from ..engine.encoders import fingerprint, tae_encoder
 
 PRECISIONS = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _DECODER_PARTS = ("decoder", "taesd_decoder", "post_quant_conv")
@@ -54,13 +54,24 @@ def vae_encoder(vae, precision: str = "auto") -> CallableEncoder:
                            device=device, dtype=dtype, prepare=prepare)
 
 
-def fingerprint(module: torch.nn.Module) -> str:
-    """A short stable id of a module's weights (first and last parameter tensors)."""
-    params = list(module.parameters())
-    h = hashlib.sha1()
-    for p in (params[0], params[-1]):
-        h.update(p.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:10]
+def tae_encoder_files() -> list[str]:
+    """Encoder files of tiny autoencoders in models/vae_approx (decoders are found beside them)."""
+    import folder_paths
+
+    return [f for f in folder_paths.get_filename_list("vae_approx") if "encoder" in f.lower()]
+
+
+def tae_file_encoder(path: str, precision: str = "auto") -> CallableEncoder:
+    """A TAE-family encoder (engine.tae) from a weights file, on ComfyUI's device; ``auto``: fp32 on CPU, fp16
+    on a GPU (these models were trained for fp16)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
+    device = mm.get_torch_device()
+    dtype = PRECISIONS[precision] or (torch.float32 if device.type == "cpu" else torch.float16)
+    if device.type == "cpu" and dtype == torch.float16:
+        dtype = torch.float32  # fp16 convolutions are not implemented on every CPU build
+    with torch.inference_mode(False):
+        return tae_encoder(path, device, dtype)
 
 
 def image_to_engine(image, what: str = "image") -> torch.Tensor:

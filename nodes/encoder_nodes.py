@@ -12,7 +12,7 @@ from ..engine import EncoderEnsemble, as_ensemble, make_style_target, padder, st
 from ..engine.cloak import check_images
 from ..engine.objectives import TARGET_MODES
 from .cloak_types import CloakEncoder, StyleTarget
-from .comfy_adapters import PRECISIONS, image_to_engine, vae_encoder
+from .comfy_adapters import PRECISIONS, image_to_engine, tae_encoder_files, tae_file_encoder, vae_encoder
 
 
 class LoadVAEEncoder(io.ComfyNode):
@@ -40,18 +40,36 @@ class LoadVAEEncoder(io.ComfyNode):
                                tooltip="This encoder's share of the loss when chained into an ensemble."),
                 CloakEncoder.Input("encoder", optional=True,
                                    tooltip="Optional: an encoder (or ensemble) to add this one to."),
+                io.Combo.Input("tae_name", options=["none"] + tae_encoder_files(), default="none",
+                               tooltip="Or a tiny autoencoder's encoder file from models/vae_approx (taesd, "
+                                       "taesdxl, taesd3, taef1, taef2 for FLUX.2, taesana for Sana): the variant "
+                                       "is read from the weights. Used only when no vae is connected and "
+                                       "vae_name is none. A matching *_decoder file beside it lets "
+                                       "RobustnessCheck purify through a real decoder."),
             ],
             outputs=[CloakEncoder.Output(display_name="encoder")],
         )
 
     @classmethod
-    def execute(cls, vae_name, precision, weight, vae=None, encoder=None) -> io.NodeOutput:
-        if vae is None:
-            if vae_name == "none":
-                raise ValueError("LoadVAEEncoder needs a VAE: connect one to 'vae' or pick a file in 'vae_name'")
+    def execute(cls, vae_name, precision, weight, vae=None, encoder=None, tae_name="none") -> io.NodeOutput:
+        chosen = [what for what, on in (("vae", vae is not None), ("vae_name", vae_name != "none"),
+                                        ("tae_name", tae_name != "none")) if on]
+        if not chosen:
+            raise ValueError("LoadVAEEncoder needs an encoder: connect a VAE to 'vae', or pick a file in 'vae_name' "
+                             "(models/vae) or 'tae_name' (models/vae_approx)")
+        if len(chosen) > 1 and "vae" not in chosen:
+            raise ValueError(f"LoadVAEEncoder got both vae_name {vae_name!r} and tae_name {tae_name!r}: set one to "
+                             "none (chain a second LoadVAEEncoder to cloak against both)")
+        if vae is not None and "tae_name" in chosen:
+            raise ValueError(f"LoadVAEEncoder got a connected vae and tae_name {tae_name!r}: set tae_name to none "
+                             "(chain a second LoadVAEEncoder to cloak against both)")
+        if vae is not None:
+            member = vae_encoder(vae, precision)
+        elif vae_name != "none":
             path = folder_paths.get_full_path_or_raise("vae", vae_name)
-            vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(path))
-        member = vae_encoder(vae, precision)
+            member = vae_encoder(comfy.sd.VAE(sd=comfy.utils.load_torch_file(path)), precision)
+        else:
+            member = tae_file_encoder(folder_paths.get_full_path_or_raise("vae_approx", tae_name), precision)
         ensemble = encoder.extend(member, weight) if encoder is not None else EncoderEnsemble([member], [weight])
         return io.NodeOutput(ensemble)
 

@@ -50,6 +50,11 @@ def vae_autoencoder(vae):
     return autoencode, getattr(vae, "downscale_ratio", 8)
 
 
+def tae_autoencoder(member):
+    """``(autoencode, multiple)`` from a TAE-family encoder that carries its matching decoder."""
+    return (lambda pixels: member.decode(member(pixels))), member.multiple
+
+
 def zero_conditioning(conditioning):
     """The negative of ConditioningZeroOut: the same structure with zeroed tensors (so cfg can run)."""
     out = []
@@ -164,7 +169,8 @@ class RobustnessCheck(io.ComfyNode):
                              tooltip="Seed of the random attacks (noise, diffusion); original and cloaked get "
                                      "the same draw."),
                 io.Vae.Input("vae", optional=True,
-                             tooltip="For the VAE round trip, IMPRESS and diffusion purification."),
+                             tooltip="For the VAE round trip, IMPRESS and diffusion purification. Without it, a TAE "
+                                     "encoder whose *_decoder file lies beside it purifies through that decoder."),
                 io.Model.Input("model", optional=True,
                                tooltip="A diffusion model for DiffPure / noisy upscaling (with vae and positive)."),
                 io.Conditioning.Input("positive", optional=True,
@@ -212,6 +218,9 @@ class RobustnessCheck(io.ComfyNode):
         with grad_work():
             objective_for = objective_source(ensemble, target, x)
         ctx = AttackContext(should_stop=mm.processing_interrupted)
+        with_decoder = next((m for m in ensemble.members if getattr(m, "decode", None) is not None), None)
+        if vae is None and with_decoder is not None:
+            ctx.autoencode, ctx.multiple = tae_autoencoder(with_decoder)  # a real decoder beside the TAE
         if vae is not None:
             ctx.autoencode, ctx.multiple = vae_autoencoder(vae)
             if model is not None:

@@ -58,6 +58,14 @@ for half in encoder decoder; do
   fi
 done
 
+# Real pretrained tiny autoencoders (TAEF2, TAESANA; DESIGN.md §5), linked, never copied into the repository:
+# from $CLOAK_MODELS_DIR or ../shared/models beside the checkout, when present. Stale links are removed.
+MODELS="${CLOAK_MODELS_DIR:-$ROOT/../shared/models}"
+find "$HOST/ComfyUI/models/vae_approx" -maxdepth 1 -type l ! -exec test -e {} \; -delete
+for f in "$MODELS"/taef2/taef2_encoder.pth "$MODELS"/taef2/taef2_decoder.pth "$MODELS"/taesana/taesana_encoder.pth; do
+  if [ -f "$f" ]; then ln -sfn "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")" "$HOST/ComfyUI/models/vae_approx/"; fi
+done
+
 mkdir -p "$HOST/ComfyUI/custom_nodes"
 ln -sfn "$ROOT" "$HOST/ComfyUI/custom_nodes/ComfyUI-Cloak"
 echo "[setup] host ready: $HOST/ComfyUI (python: $HOST/venv/bin/python)"
