@@ -4,5 +4,11 @@ from .glaze_nodes import GlazePerturb
 from .robustness_nodes import RobustnessCheck
 from .nightshade_nodes import NightshadePoison
 from .dataset_nodes import SavePoisonDataset
+from .portfolio_nodes import LoadArtworkFolder, SaveCloakedFolder
+from .sample_files import install_into_comfy_input
+from .scoring_nodes import StyleMimicryScore
 
-NODES = [LoadVAEEncoder, StyleTargetLatents, GlazePerturb, RobustnessCheck, NightshadePoison, SavePoisonDataset]
+install_into_comfy_input()  # the example workflows' images, into ComfyUI's input folder when missing
+
+NODES = [LoadVAEEncoder, StyleTargetLatents, GlazePerturb, RobustnessCheck, NightshadePoison, SavePoisonDataset,
+         LoadArtworkFolder, SaveCloakedFolder, StyleMimicryScore]

@@ -154,4 +154,18 @@ class SavePoisonDataset(io.ComfyNode):
         written = write_pairs(directory, plain_name(prefix, "filename_prefix"), singles, texts)
         logging.info("SavePoisonDataset: wrote %d image/caption pairs to %s", len(written), directory)
         summary = f"{len(written)} image/caption pairs in {directory}: " + ", ".join(os.path.basename(p) for p in written)
-        return io.NodeOutput(singles, texts, directory, ui=ui.PreviewText(summary))
+        return io.NodeOutput(singles, texts, directory, ui=SavedFiles(written, summary))
+
+
+class SavedFiles(ui.SavedImages):
+    """What a saving node shows: the written images as previews on the node (the canvas shows no plain text
+    for most node types), plus the text for API clients."""
+
+    def __init__(self, paths: list[str], text: str):
+        root = os.path.realpath(folder_paths.get_output_directory())
+        super().__init__([ui.SavedResult(os.path.basename(p), os.path.relpath(os.path.dirname(p), root),
+                                         io.FolderType.output) for p in paths])
+        self.text = text
+
+    def as_dict(self) -> dict:
+        return {**super().as_dict(), "text": (self.text,)}

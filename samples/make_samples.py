@@ -33,9 +33,26 @@ def poster_style(img: np.ndarray, levels: int = 4) -> np.ndarray:
     return (np.clip(poster, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+PORTFOLIO = {  # a small portfolio for the folder workflows: held-out coffee plus two crops, three sizes
+    "coffee_cup.png": lambda: data.coffee()[40:360, 140:460],
+    "coffee_beans.png": lambda: data.coffee()[0:300, 0:400],
+    "coffee_table.png": lambda: data.coffee()[150:400, 300:600],
+}
+PORTFOLIO_SIZES = {"coffee_cup.png": (128, 128), "coffee_beans.png": (96, 128), "coffee_table.png": (128, 152)}
+
+
+def portfolio() -> list[tuple[str, np.ndarray]]:
+    out = []
+    for name, crop in PORTFOLIO.items():
+        img = transform.resize(crop(), PORTFOLIO_SIZES[name], order=3, anti_aliasing=True)
+        out.append((os.path.join("portfolio", name), (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)))
+    return out
+
+
 def main() -> None:
     art = artwork()
-    for name, pixels in (("coffee.png", art), ("coffee_style.png", poster_style(art))):
+    os.makedirs(os.path.join(HERE, "portfolio"), exist_ok=True)
+    for name, pixels in (("coffee.png", art), ("coffee_style.png", poster_style(art)), *portfolio()):
         path = os.path.join(HERE, name)
         Image.fromarray(pixels).save(path, optimize=True)
         print(f"{path}: {pixels.shape[1]}x{pixels.shape[0]}, {os.path.getsize(path) // 1024} KB")

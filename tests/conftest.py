@@ -122,6 +122,16 @@ def server(tmp_path_factory):
         yield running
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint():
+    """The small SD1.5-detected checkpoint (scripts/make_tiny_checkpoint.py) in the host's models/checkpoints,
+    built on first use (random weights: it proves graphs run, not that cloaks protect). Returns its file name."""
+    _require_host()
+    import make_tiny_checkpoint
+
+    return os.path.basename(make_tiny_checkpoint.ensure())
+
+
 def load_image(name: str):
     """A PNG from samples/ as a ComfyUI IMAGE: float32 [1, H, W, 3] in [0, 1]."""
     import torch

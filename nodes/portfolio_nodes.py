@@ -1,0 +1,174 @@
+"""LoadArtworkFolder and SaveCloakedFolder: cloak a whole portfolio, keeping each file's name.
+
+Load gives a ComfyUI list (one item per file, sizes may differ), so every node between them runs once per
+image; Save writes each image under its original name into a folder inside ComfyUI's output folder, never
+overwriting (``name.png``, then ``name_1.png``, ...), plus one Markdown report for the set.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+import folder_paths
+import node_helpers
+from comfy_api.latest import io
+
+from .dataset_nodes import SavedFiles, safe_subfolder
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+_UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
+
+
+def image_files(directory: str) -> list[str]:
+    """Image files directly in ``directory``, sorted by name (case-insensitive)."""
+    return sorted((f for f in os.listdir(directory)
+                   if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(directory, f))),
+                  key=str.lower)
+
+
+def load_rgb(path: str) -> torch.Tensor:
+    """An image file as IMAGE ``[1, H, W, 3]`` (EXIF rotation applied; transparency composited on white)."""
+    img = node_helpers.pillow(Image.open, path)
+    img = node_helpers.pillow(ImageOps.exif_transpose, img)
+    if img.mode in ("RGBA", "LA", "P"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    pixels = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(pixels)[None]
+
+
+def safe_stem(name: str) -> str:
+    stem = _UNSAFE.sub("_", os.path.splitext(os.path.basename(str(name)))[0]).strip(" .")
+    return stem or "image"
+
+
+def create_exclusive(directory: str, stem: str, ext: str, write) -> str:
+    """Write ``stem.ext`` (or ``stem_1.ext``, ...) with exclusive creation; returns the file name used."""
+    for n in range(100000):
+        name = f"{stem}{'' if n == 0 else f'_{n}'}{ext}"
+        try:
+            with open(os.path.join(directory, name), "xb") as f:
+                write(f)
+            return name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{directory} already holds {stem}{ext} and 99999 numbered copies; choose another folder")
+
+
+def report_rows(reports: list[str], count: int) -> tuple[str, list[str]]:
+    """(title, one cell per image) from GlazePerturb-style reports (a title line, then 'image i: ...' lines)."""
+    texts = [str(r) for r in reports or []]
+    if len(texts) not in (0, count):
+        raise ValueError(f"got {len(texts)} reports for {count} images: connect the report output of the node that "
+                         "made the images (one per image)")
+    title, cells = "", []
+    for text in texts:
+        lines = [line for line in text.splitlines() if line.strip()]
+        title = title or (lines[0] if lines else "")
+        body = [line.split(": ", 1)[1] if line.startswith("image ") and ": " in line else line for line in lines[1:]]
+        cells.append("; ".join(body).replace("|", "/"))
+    return title, cells
+
+
+class LoadArtworkFolder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoadArtworkFolder",
+            display_name="Load Artwork Folder (Cloak)",
+            category="cloak",
+            description="Loads every PNG/JPEG/WebP in a folder of ComfyUI's input folder as a list (one item per "
+                        "file, any sizes), with the file names, for cloaking a portfolio.",
+            inputs=[
+                io.Combo.Input("folder", options=folder_paths.get_input_subfolders(),
+                               tooltip="A folder inside ComfyUI's input folder (put your portfolio there). The "
+                                       "pack ships one sample folder, cloak_portfolio."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="images", is_output_list=True,
+                                tooltip="One image per file, in name order (each keeps its own size)."),
+                io.String.Output(display_name="names", is_output_list=True,
+                                 tooltip="The file names, in the same order (for Save Cloaked Folder)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, folder) -> io.NodeOutput:
+        directory = safe_subfolder(folder_paths.get_input_directory(), folder)
+        if not os.path.isdir(directory):
+            raise ValueError(f"folder {folder!r} is not a folder inside ComfyUI's input folder "
+                             f"({folder_paths.get_input_directory()}); create it and put your images there")
+        files = image_files(directory)
+        if not files:
+            raise ValueError(f"folder {folder!r} holds no {'/'.join(IMAGE_EXTENSIONS)} images; add your artwork there")
+        return io.NodeOutput([load_rgb(os.path.join(directory, f)) for f in files], files)
+
+    @classmethod
+    def fingerprint_inputs(cls, folder):
+        directory = os.path.join(folder_paths.get_input_directory(), folder)
+        try:
+            return [(f, os.path.getmtime(os.path.join(directory, f))) for f in image_files(directory)]
+        except OSError:
+            return float("nan")
+
+
+class SaveCloakedFolder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SaveCloakedFolder",
+            display_name="Save Cloaked Folder (Cloak)",
+            category="cloak",
+            description="Saves each image as PNG under its original file name into a folder of ComfyUI's output "
+                        "folder, never overwriting (name_1.png, ... when taken), with one report for the set.",
+            is_input_list=True,
+            is_output_node=True,
+            inputs=[
+                io.Image.Input("images", tooltip="The cloaked images, one per list item (batches are split)."),
+                io.String.Input("names", force_input=True,
+                                tooltip="The original file names (from Load Artwork Folder), one per image."),
+                io.String.Input("folder", default="cloak/portfolio",
+                                tooltip="Folder inside ComfyUI's output folder (subfolders with '/'); absolute "
+                                        "paths and '..' are refused."),
+                io.String.Input("reports", force_input=True, optional=True,
+                                tooltip="Optional: the report of each image (GlazePerturb's report output), "
+                                        "gathered into one table for the set."),
+            ],
+            outputs=[
+                io.String.Output(display_name="report", tooltip="One Markdown table for the set: original name, "
+                                                                "saved name, and each image's cloak report."),
+                io.String.Output(display_name="folder", tooltip="The absolute folder the images were written to."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, images, names, folder, reports=None) -> io.NodeOutput:
+        folder = folder[0]
+        singles = [b[i:i + 1, ..., :3] for b in images for i in range(b.shape[0] if b.ndim == 4 else 1)]
+        singles = [s if s.ndim == 4 else s[None] for s in singles]
+        if len(names) != len(singles):
+            raise ValueError(f"got {len(names)} names for {len(singles)} images: connect the names output of the "
+                             "Load Artwork Folder that the images came from")
+        title, cells = report_rows(reports, len(singles))
+        directory = safe_subfolder(folder_paths.get_output_directory(), folder)
+        os.makedirs(directory, exist_ok=True)
+        saved = []
+        for image, name in zip(singles, names):
+            pixels = np.clip(image[0].float().cpu().numpy() * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            saved.append(create_exclusive(directory, safe_stem(name), ".png",
+                                          lambda f, p=pixels: Image.fromarray(p).save(f, format="PNG")))
+        header = "| # | original | saved as |" + (" cloak |" if cells else "")
+        lines = [f"### {len(saved)} images saved to `{directory}`", ""] + ([title, ""] if title else []) + [
+            header, "|---|---|---|" + ("---|" if cells else "")]
+        for i, (name, out) in enumerate(zip(names, saved)):
+            lines.append(f"| {i + 1} | {name} | {out} |" + (f" {cells[i]} |" if cells else ""))
+        report = "\n".join(lines)
+        report_name = create_exclusive(directory, "cloak_report", ".md", lambda f: f.write(report.encode() + b"\n"))
+        logging.info("SaveCloakedFolder: wrote %d images and %s to %s", len(saved), report_name, directory)
+        return io.NodeOutput(report, directory, ui=SavedFiles([os.path.join(directory, f) for f in saved], report))
