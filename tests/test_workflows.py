@@ -94,14 +94,18 @@ def test_save_cloaked_folder_keeps_names_never_overwrites_and_gathers_reports(co
         nodes.SaveCloakedFolder.execute(images, names, ["../x"])
 
 
-def test_load_artwork_folder_lists_images_by_name_and_names_an_empty_folder(comfy_host):
+def test_load_artwork_folder_lists_images_by_name_and_names_an_empty_folder(comfy_host, tmp_path):
     import folder_paths
     from importlib import import_module
 
     nodes = import_module(comfy_host.pack.__name__ + ".nodes.portfolio_nodes")
     samples = import_module(comfy_host.pack.__name__ + ".nodes.sample_files")
-    written = samples.install_samples(folder_paths.get_input_directory())
-    assert samples.install_samples(folder_paths.get_input_directory()) == []  # never twice, never overwriting
+    # loading the pack put the samples into ComfyUI's input folder; a fresh folder gets them once, never overwritten
+    assert os.path.isfile(os.path.join(folder_paths.get_input_directory(), "coffee.png"))
+    (tmp_path / "coffee.png").write_bytes(b"the user's own file")
+    written = samples.install_samples(str(tmp_path))
+    assert samples.install_samples(str(tmp_path)) == []
+    assert (tmp_path / "coffee.png").read_bytes() == b"the user's own file"
     assert any(p.endswith(os.path.join("cloak_portfolio", "coffee_cup.png")) for p in written)
     out = nodes.LoadArtworkFolder.execute("cloak_portfolio")
     images, names = out.args
