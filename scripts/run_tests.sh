@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup_host.sh
+bash scripts/setup_browser.sh  # headless Chromium for tests/test_browser.py; fails the run when it cannot be had
 paths=()
 for arg in "$@"; do
   if [[ "$arg" != -* && -e "${arg%%::*}" ]]; then paths+=("$arg"); fi

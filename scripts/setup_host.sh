@@ -50,6 +50,14 @@ if [ ! -f "$HOST/venv/.stamp" ]; then
   touch "$HOST/venv/.stamp"
 fi
 
+# Dev/test requirements changed since the venv was made (a new test dependency): install them into it too.
+DEV_HASH="$(sha256sum "$ROOT/requirements-dev.txt" | cut -c1-16)"
+if [ "$(cat "$HOST/venv/.dev-stamp" 2>/dev/null)" != "$DEV_HASH" ]; then
+  echo "[setup] installing requirements-dev.txt into the venv"
+  "$HOST/venv/bin/python" -m pip install --quiet -c "$HOST/constraints.txt" -r "$ROOT/requirements-dev.txt"
+  echo "$DEV_HASH" > "$HOST/venv/.dev-stamp"
+fi
+
 # The demo/test autoencoder trained in this repo (scripts/train_taesd.py), loaded by VAELoader as "taesd".
 mkdir -p "$HOST/ComfyUI/models/vae_approx"
 for half in encoder decoder; do
