@@ -140,6 +140,31 @@ def render_chart(report, width: int = 760) -> torch.Tensor:
     return torch.from_numpy(arr)[None]
 
 
+class AttackProgress:
+    """ComfyUI's progress bar over the attacks' work: one unit per attack plus two per IMPRESS step (the original
+    and the cloaked image are purified alike), so the bar moves inside a minutes-long IMPRESS run too. The engine
+    calls ``should_stop`` at every IMPRESS step (and between attacks): each call advances the bar, capped at the
+    current attack's share; ``on_attack`` sets it exactly when an attack ends."""
+
+    def __init__(self, attacks):
+        steps = [(a.value if a.value is not None else a.kind.default) if a.kind.key == "impress" else 0
+                 for a in attacks]
+        self.weights = [1 + 2 * int(s or 0) for s in steps]
+        self.total, self.done, self.attack = sum(self.weights), 0, 0
+        self.bar = comfy.utils.ProgressBar(self.total)
+
+    def should_stop(self) -> bool:
+        cap = sum(self.weights[:self.attack + 1]) - 1
+        if self.done < cap:
+            self.done += 1
+            self.bar.update_absolute(self.done, self.total)
+        return mm.processing_interrupted()
+
+    def on_attack(self, done: int, total: int, _label=None) -> None:
+        self.attack, self.done = done, sum(self.weights[:done])
+        self.bar.update_absolute(self.done, self.total)
+
+
 class RobustnessCheck(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -217,7 +242,8 @@ class RobustnessCheck(io.ComfyNode):
         device = ensemble.members[0].device
         with grad_work():
             objective_for = objective_source(ensemble, target, x)
-        ctx = AttackContext(should_stop=mm.processing_interrupted)
+        progress = AttackProgress(chosen)
+        ctx = AttackContext(should_stop=progress.should_stop)
         with_decoder = next((m for m in ensemble.members if getattr(m, "decode", None) is not None), None)
         if vae is None and with_decoder is not None:
             ctx.autoencode, ctx.multiple = tae_autoencoder(with_decoder)  # a real decoder beside the TAE
@@ -226,11 +252,10 @@ class RobustnessCheck(io.ComfyNode):
             if model is not None:
                 ctx.diffuse = diffusion_purifier(model, positive, vae, purify_steps, purify_cfg, purify_sampler,
                                                  purify_scheduler)
-        bar = comfy.utils.ProgressBar(len(chosen))
         with grad_work():
             report = check_survival(x.to(device), x_adv.to(device), objective_for, chosen, ensemble.multiple, ctx,
                                     seed=seed, title=f"RobustnessCheck | encoder {ensemble.name}",
-                                    on_attack=lambda done, total, _: bar.update_absolute(done, total))
+                                    on_attack=progress.on_attack)
         text = report.text()
         chart = render_chart(report)
         attacked = [o.images for o in report.outcomes if o.images is not None] or [x_adv]
