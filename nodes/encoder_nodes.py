@@ -47,7 +47,9 @@ class LoadVAEEncoder(io.ComfyNode):
                                        "vae_name is none. A matching *_decoder file beside it lets "
                                        "RobustnessCheck purify through a real decoder."),
             ],
-            outputs=[CloakEncoder.Output(display_name="encoder")],
+            outputs=[CloakEncoder.Output(display_name="encoder",
+                                      tooltip="The encoder (or the ensemble so far), for StyleTargetLatents, "
+                                              "GlazePerturb, NightshadePoison and RobustnessCheck.")],
         )
 
     @classmethod
@@ -96,7 +98,9 @@ class StyleTargetLatents(io.ComfyNode):
                                        "latent channel statistics and Gram matrices (StyleGuard), "
                                        "position-free: best for a style set unrelated to the artwork's layout."),
             ],
-            outputs=[StyleTarget.Output(display_name="style_target")],
+            outputs=[StyleTarget.Output(display_name="style_target",
+                                     tooltip="The target latents (or statistics) the cloak pulls toward, "
+                                             "for GlazePerturb and RobustnessCheck.")],
         )
 
     @classmethod

@@ -72,7 +72,8 @@ class GlazePerturb(io.ComfyNode):
                 *cloak_inputs(),
             ],
             outputs=[
-                io.Image.Output(display_name="cloaked"),
+                io.Image.Output(display_name="cloaked", tooltip="The cloaked artwork, on 8-bit levels: save it as PNG "
+                                                                 "(JPEG re-compression weakens the cloak)."),
                 io.Image.Output(display_name="perturbation",
                                 tooltip="The change, amplified to be visible (grey = unchanged)."),
                 io.String.Output(display_name="report", tooltip="PSNR, SSIM, target gain and seconds per image."),

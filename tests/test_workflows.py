@@ -139,3 +139,20 @@ def test_style_mimicry_score_places_sets_between_artist_and_target(comfy_host, t
     assert grid.shape[0] == 1 and grid.shape[-1] == 3 and "| LoRA | measure |" in report
     with pytest.raises(ValueError, match="same style statistics"):
         scoring.StyleMimicryScore.execute([encoder], [artist], [artist], [artist], [mix], [64])
+
+
+def test_every_pack_output_and_input_has_a_tooltip(server):
+    info = server.object_info
+    ours = [k for k, v in info.items() if v.get("python_module", "").endswith("ComfyUI-Cloak")]
+    assert {"GlazePerturb", "StyleMimicryScore", "LoadArtworkFolder", "SaveCloakedFolder"} <= set(ours)
+    missing = []
+    for node_id in ours:
+        spec = info[node_id]
+        for i, name in enumerate(spec.get("output_name") or []):
+            if not ((spec.get("output_tooltips") or [None] * (i + 1))[i] or "").strip():
+                missing.append(f"{node_id} output {name}")
+        for section in ("required", "optional"):
+            for name, s in (spec["input"].get(section) or {}).items():
+                if not (len(s) > 1 and isinstance(s[1], dict) and s[1].get("tooltip")):
+                    missing.append(f"{node_id} input {name}")
+    assert not missing, "no tooltip: " + ", ".join(missing)
