@@ -212,7 +212,7 @@ def format_report(reports: list[dict], title: str) -> str:
         lines.append(f"image {i}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}, target gain "
                      f"{r['target_gain']:.3f}, max change {r['linf_255']:.0f}/255, {r['steps']} steps, "
                      f"{r['seconds']:.1f} s{shrunk}")
-    return "\n".join(lines)
+    return "\n\n".join(lines)  # blank lines: ComfyUI's Preview Any renders Markdown, which joins single lines
 
 
 __all__ = ["CloakSettings", "INTENSITY", "RENDER_QUALITY", "settings_for", "cloak_images", "CloakResult",
