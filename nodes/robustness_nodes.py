@@ -5,6 +5,7 @@ round trip; noise-and-denoise with ComfyUI's own sampler) and draws the chart.""
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import torch
@@ -217,6 +218,9 @@ class RobustnessCheck(io.ComfyNode):
                                                               "holds, orange weakened, red broken). " + VERDICT_RULE),
                 io.Image.Output(display_name="attacked", tooltip="The attacked cloaked images, attack by attack "
                                                                   "(batch order: attack, then image)."),
+                io.String.Output(display_name="table", tooltip="The survival table alone, as Markdown (for Preview "
+                                                               "Any)."),
+                io.String.Output(display_name="json", tooltip="The same figures as JSON alone, for scripts."),
             ],
         )
 
@@ -259,5 +263,6 @@ class RobustnessCheck(io.ComfyNode):
         text = report.text()
         chart = render_chart(report)
         attacked = [o.images for o in report.outcomes if o.images is not None] or [x_adv]
-        ui_out = {**ui.PreviewImage(chart, cls=cls).as_dict(), **ui.PreviewText(report.table()).as_dict()}
-        return io.NodeOutput(text, chart, image_to_comfy(torch.cat(attacked, 0)), ui=ui_out)
+        figures = json.dumps(report.as_dict(), indent=1)
+        ui_out = {**ui.PreviewImage(chart, cls=cls).as_dict(), "text": (report.table(), figures)}
+        return io.NodeOutput(text, chart, image_to_comfy(torch.cat(attacked, 0)), report.table(), figures, ui=ui_out)

@@ -108,5 +108,6 @@ class StyleMimicryScore(io.ComfyNode):
                                     {k: sets[k] for k in ("clean_lora", "cloaked_lora")}, encode)
         grid = image_to_comfy(labelled_grid([sets[k] for k in sets], tile))
         report = markdown_report(scores, {k: len(v) for k, v in sets.items()})
-        preview = ui.PreviewImage(grid, cls=cls).as_dict()
-        return io.NodeOutput(grid, report, json.dumps(scores, indent=1), ui={**preview, "text": [report]})
+        figures = json.dumps(scores, indent=1)
+        preview = ui.PreviewImage(grid, cls=cls).as_dict()  # the grid on the node; the text for API clients
+        return io.NodeOutput(grid, report, figures, ui={**preview, "text": [report, figures]})

@@ -74,12 +74,6 @@ class Graph:
         self.nodes.append(node)
         return node
 
-    def widget_input(self, node: dict, name: str) -> None:
-        """Turn a widget into a socket (as dragging a link onto a widget does in the front end)."""
-        spec = self.info[node["type"]]["input"]
-        s = {**(spec.get("required") or {}), **(spec.get("optional") or {})}[name]
-        node["inputs"].append({"name": name, "type": s[0], "widget": {"name": name}, "link": None})
-
     def link(self, src: dict, out: str, dst: dict, inp: str) -> None:
         o = next(i for i, x in enumerate(src["outputs"]) if x["name"] == out)
         i = next(i for i, x in enumerate(dst["inputs"]) if x["name"] == inp)
@@ -197,7 +191,6 @@ def lora_mimicry_test(info: dict) -> dict:
     dec_cloak = g.add("VAEDecode", 7, title="Cloaked-set LoRA images")
     score = g.add("StyleMimicryScore", 8, height=460, width=340)
     report = g.add("PreviewAny", 9, title="Scores (Markdown)", height=360, width=560)
-    scores = g.add("PreviewAny", 9, title="Scores (JSON)", height=300, width=560)
     g.add("MarkdownNote", 0, title="How to use", height=330, width=340, text=NOTE_MIMICRY)
     neg = next(n for n in g.nodes if n.get("title") == "Negative prompt")
     for a, o, b, i in (
@@ -220,7 +213,7 @@ def lora_mimicry_test(info: dict) -> dict:
             (vae_enc, "encoder", score, "encoder"), (folder, "images", score, "artist"),
             (target, "IMAGE", score, "target"), (dec_clean, "IMAGE", score, "clean_lora"),
             (dec_cloak, "IMAGE", score, "cloaked_lora"),
-            (score, "report", report, "source"), (score, "scores_json", scores, "source")):
+            (score, "report", report, "source")):
         g.link(a, o, b, i)
     return g.to_json()
 

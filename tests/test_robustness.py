@@ -85,7 +85,8 @@ def test_every_attack_runs_on_the_trained_taesd(cl):
         assert row["verdict"] in ("holds", "weakened", "broken")
     for spec in ("diffpure:0.3", "noisy_upscale:0.3"):  # no MODEL wired: listed, not silently dropped
         assert rows[spec]["status"] == "skipped" and "model" in rows[spec]["reason"]
-    _, chart, attacked = out.args
+    _, chart, attacked, table, figures = out.args
+    assert out.args[0].startswith(table) and json.loads(figures) == json.loads(out.args[0].split("\nJSON:\n")[1])
     b, h, w = cl.image.shape[:3]
     assert tuple(attacked.shape) == (len(ran) * b, h, w, 3)
     cloaked = cl.cloaked[0]
@@ -247,10 +248,9 @@ def test_workflow_reports_on_the_real_server(server):
     check_inputs["attacks"] = check_inputs["attacks"].replace("impress:50", "impress:10")
     entry = server.run(prompt, timeout=1800)
     shown = texts(entry)
-    table = shown[ids["RobustnessCheck"]][0]  # the node's own PreviewText
-    text = shown[ids["PreviewAny"]][0]  # the report output, shown by Preview Any
-    assert text.startswith(table)
-    report = json.loads(text.split("\nJSON:\n")[1])
+    table, figures = shown[ids["RobustnessCheck"]]  # the node's own text: the table, then the JSON alone
+    assert shown[ids["PreviewAny"]][0] == table  # the table output, shown by Preview Any as Markdown
+    report = json.loads(figures)
     rows = by_attack(report)
     assert report["clean_gain"] > 0.1 and rows["none"]["kept"] == pytest.approx(1.0)
     assert all(rows[s]["status"] == "ok" for s in ("jpeg:75", "vae", "impress:10"))
