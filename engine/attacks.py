@@ -222,27 +222,40 @@ def parse_attacks(text: str) -> list[Attack]:
     if not isinstance(text, str):
         raise TypeError(f"attacks: expected a string such as {DEFAULT_ATTACKS[:30]!r}, got {type(text).__name__}")
     tokens = [t.strip() for line in text.splitlines() for t in re.split(r"[,;]", line.split("#")[0])]
-    attacks, seen = [], set()
+    attacks, seen, problems = [], set(), []
     for tok in filter(None, tokens):
-        key, _, raw = (s.strip() for s in tok.partition(":"))
-        kind = CATALOGUE.get(key.lower())
-        if kind is None:
-            raise ValueError(f"unknown attack {tok!r}; known: {', '.join(CATALOGUE)}")
-        if raw and not kind.param:
-            raise ValueError(f"attack {tok!r}: {key} takes no strength; write just {key!r}")
         try:
-            value = float(raw) if raw else kind.default
-        except ValueError:
-            raise ValueError(f"attack {tok!r}: the {kind.param} must be a number, got {raw!r}") from None
-        if value is not None and not (kind.lo <= value <= kind.hi and math.isfinite(value)):
-            raise ValueError(f"attack {tok!r}: {kind.param} must be in [{kind.lo:g}, {kind.hi:g}], got {value:g}")
-        attack = Attack(kind, value)
+            attack = _parse_one(tok)
+        except ValueError as e:
+            if str(e) not in problems:  # every bad token named once, in one error
+                problems.append(str(e))
+            continue
         if attack.spec not in seen:
             seen.add(attack.spec)
             attacks.append(attack)
+    if problems:
+        raise ValueError(f"{len(problems)} bad attack(s): " + "; ".join(problems)
+                         + f". Known: {', '.join(CATALOGUE)}")
     if not attacks:
         raise ValueError(f"no attacks given; for example: {DEFAULT_ATTACKS}")
     return attacks
+
+
+def _parse_one(tok: str) -> Attack:
+    shown = tok if len(tok) <= 60 else tok[:57] + "..."
+    key, _, raw = (s.strip() for s in tok.partition(":"))
+    kind = CATALOGUE.get(key.lower())
+    if kind is None:
+        raise ValueError(f"unknown attack {shown!r}")
+    if raw and not kind.param:
+        raise ValueError(f"attack {shown!r}: {key} takes no strength; write just {key!r}")
+    try:
+        value = float(raw) if raw else kind.default
+    except ValueError:
+        raise ValueError(f"attack {shown!r}: the {kind.param} must be a number") from None
+    if value is not None and not (math.isfinite(value) and kind.lo <= value <= kind.hi):
+        raise ValueError(f"attack {shown!r}: {kind.param} must be in [{kind.lo:g}, {kind.hi:g}]")
+    return Attack(kind, value)
 
 
 def verdict(kept: float | None) -> str:

@@ -101,15 +101,15 @@ def load_lpips():
     try:
         import lpips  # optional dependency
     except ImportError as e:
-        raise RuntimeError(
-            "the LPIPS budget needs the 'lpips' package: pip install lpips (with internet once, so it can "
+        raise ValueError(
+            "budget 'lpips' needs the 'lpips' package: pip install lpips (with internet once, so it can "
             "fetch its AlexNet weights), or choose the 'adaptive' budget, which needs no weights") from e
     try:
         return lpips.LPIPS(net="alex", verbose=False).eval().requires_grad_(False)
     except Exception as e:  # weights are fetched on first use
-        raise RuntimeError(
-            f"LPIPS weights could not be loaded ({type(e).__name__}: {e}); run once with internet so lpips "
-            "can download them, or choose the 'adaptive' budget, which needs no weights") from e
+        raise ValueError(
+            f"budget 'lpips': its weights could not be loaded ({type(e).__name__}: {e}); run once with internet "
+            "so lpips can download them, or choose the 'adaptive' budget, which needs no weights") from e
 
 
 def quantize_to_8bit(x: torch.Tensor, x_adv: torch.Tensor, caps: torch.Tensor) -> torch.Tensor:
@@ -122,3 +122,30 @@ def quantize_to_8bit(x: torch.Tensor, x_adv: torch.Tensor, caps: torch.Tensor) -
     over = (q - x).abs() > caps + 1e-6
     back = q - torch.sign(q - x) / 255
     return torch.where(over, back, q).clamp(0, 1)
+
+
+class Frozen:
+    """Wraps a budget so pixels where ``keep`` is False never change (e.g. fully transparent pixels of an RGBA
+    image: a change there is invisible on screen but shows in any viewer that drops alpha, and wastes budget).
+
+    ``keep``: ``[B, 1, H, W]`` bool (or 0/1), True where the image may change. Everything else is the inner
+    budget's (its caps are zeroed where frozen, so no step moves those pixels and projection holds them).
+    """
+
+    def __init__(self, inner, keep: torch.Tensor):
+        self.inner = inner
+        self.keep = keep.to(torch.float32)
+
+    @property
+    def caps(self) -> torch.Tensor | None:
+        return self.inner.caps
+
+    def setup(self, x: torch.Tensor) -> None:
+        self.inner.setup(x)
+        self.inner.caps = self.inner.caps * self.keep.to(self.inner.caps.device)
+
+    def project(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return self.inner.project(x, delta) * self.keep.to(delta.device)
+
+    def penalty(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor | None:
+        return self.inner.penalty(x, x_adv)

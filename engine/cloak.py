@@ -5,6 +5,8 @@ in 0..1 (the nodes convert from ComfyUI's ``[B, H, W, C]``).
 """
 from __future__ import annotations
 
+import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -13,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import metrics
-from .budgets import AdaptiveBudget, LinfBox, LpipsBudget, quantize_to_8bit
+from .budgets import AdaptiveBudget, Frozen, LinfBox, LpipsBudget, quantize_to_8bit
 from .encoders import EncoderEnsemble
 from .optimize import optimize
 from .transforms import ROBUSTNESS_LEVELS
@@ -69,7 +71,8 @@ def settings_for(intensity: str = "default", render_quality: str = "default", ro
         raise ValueError(f"unknown robustness {robustness!r}; choose one of {list(ROBUSTNESS_LEVELS)}")
     if intensity == "custom":
         if custom_eps is None or not 0 < custom_eps <= 0.25:
-            raise ValueError(f"a custom intensity needs a budget in (0, 64/255], got {custom_eps}")
+            raise ValueError(f"custom_budget: a custom intensity needs a largest change in (0, 64/255], got "
+                             f"{custom_eps if custom_eps is None else round(custom_eps * 255, 3)}/255")
         level = dict(eps=custom_eps, min_psnr=None, min_ssim=None)
     elif intensity in INTENSITY:
         level = INTENSITY[intensity]
@@ -120,13 +123,19 @@ def cloak_images(images: torch.Tensor, encoder: EncoderEnsemble, make_objective:
                  settings: CloakSettings, seed: int = 0,
                  on_progress: Callable[[int, int], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
-                 on_step: Callable | None = None) -> CloakResult:
+                 on_step: Callable | None = None, keep: torch.Tensor | None = None) -> CloakResult:
     """Cloak each image on its own (seed ``seed + i``), so results do not depend on batch composition.
 
     ``make_objective(i, padded_image)`` returns the objective for image ``i`` (see engine.objectives).
     ``on_progress(done, total)`` counts optimisation steps over the whole batch.
+    ``keep`` (optional, ``[B, 1, H, W]`` bool): pixels where it is False are returned exactly as given (e.g. the
+    fully transparent pixels of an RGBA image).
     """
     check_images(images, encoder)
+    if keep is not None and (keep.ndim != 4 or keep.shape[1] != 1 or keep.shape[0] != images.shape[0]
+                             or keep.shape[-2:] != images.shape[-2:]):
+        raise ValueError(f"keep mask {list(keep.shape)} does not fit images {list(images.shape)}: expected "
+                         f"[{images.shape[0]}, 1, {images.shape[-2]}, {images.shape[-1]}]")
     if hasattr(encoder, "prepare"):
         encoder.prepare()
     b, _, h, w = images.shape
@@ -142,6 +151,8 @@ def cloak_images(images: torch.Tensor, encoder: EncoderEnsemble, make_objective:
         objective = make_objective(i, pad(x))
         objective.calibrate(pad(x))
         budget = settings.make_budget()
+        if keep is not None:
+            budget = Frozen(budget, keep[i:i + 1].to(device))
         done_before = i * settings.steps
 
         def step_cb(step, steps, loss, delta, _base=done_before):
@@ -155,6 +166,8 @@ def cloak_images(images: torch.Tensor, encoder: EncoderEnsemble, make_objective:
                        patience=settings.patience, on_step=step_cb, should_stop=should_stop)
         x_adv = quantize_to_8bit(x, x + res.delta, budget.caps)
         x_adv, kept = shrink_to_floors(x, x_adv, budget.caps, settings.min_ssim, settings.min_psnr)
+        if keep is not None:  # exactly as given there (rounding to 8-bit levels would move off-grid values)
+            x_adv = torch.where(keep[i:i + 1].to(device).bool(), x_adv, x)
         with torch.no_grad():
             gain = metrics.target_gain(objective.distances(pad(x)), objective.distances(pad(x_adv)))
         reports.append({
@@ -203,9 +216,46 @@ def reference_settings(eps: float, steps: int) -> CloakSettings:
                          step_rule="sign", lr=1 / 3, lr_final=1 / 300)
 
 
-def format_report(reports: list[dict], title: str) -> str:
-    """A short human-readable report, one line per image."""
-    lines = [title]
+# An image counts as unprotected when the floors kept less than MIN_FLOOR_SCALE of its change, no pixel changed,
+# or its latent moved less than MIN_TARGET_GAIN of the way to the target (RobustnessCheck's "no cloak" level).
+MIN_FLOOR_SCALE = 0.01
+MIN_TARGET_GAIN = 0.01
+
+
+def unprotected_reason(report: dict) -> str | None:
+    """Why one image's cloak does not protect it (None when it does): no change at all, a NaN/inf figure,
+    the floors scaling the change to (almost) nothing, or a latent that did not move toward the target."""
+    gain, linf = report.get("target_gain", float("nan")), report.get("linf_255", 0.0)
+    if not (math.isfinite(float(gain)) and math.isfinite(float(linf))):
+        return "its target gain or change is NaN/infinite (a NaN or infinite target or input?)"
+    if report.get("floor_scale", 1.0) < MIN_FLOOR_SCALE:
+        return (f"the intensity's SSIM/PSNR floor scaled its change to {report['floor_scale']:.2f} "
+                "(flat, very dark or very bright image?): try intensity high or custom")
+    if linf <= 0:
+        return "no pixel changed (nothing the budget allowed moved the encoder)"
+    if gain < MIN_TARGET_GAIN:
+        return (f"its latent barely moved toward the target (target gain {gain:.3f} < {MIN_TARGET_GAIN}; flat or "
+                "tiny image?): try intensity high, render quality slowest or a larger image")
+    return None
+
+
+def protection_warning(reports: list[dict]) -> str | None:
+    """One line naming every image that went out unprotected, and why; None when every image is protected."""
+    bad = [(i, why) for i, r in enumerate(reports) if (why := unprotected_reason(r)) is not None]
+    if not bad:
+        return None
+    return (f"WARNING: {len(bad)} of {len(reports)} image(s) NOT protected: "
+            + "; ".join(f"image {i}: {why}" for i, why in bad))
+
+
+def format_report(reports: list[dict], title: str, notes: list[str] | None = None) -> str:
+    """A short human-readable report, one line per image. When any image went out unprotected the FIRST
+    line says so (and it is logged as a warning): a node either protects or says loudly that it did not.
+    ``notes`` (e.g. the cost estimate) follow the title."""
+    warning = protection_warning(reports)
+    if warning is not None:
+        logging.warning("%s | %s", title.split(" |")[0], warning)
+    lines = ([warning] if warning else []) + [title] + list(notes or [])
     for i, r in enumerate(reports):
         shrunk = (f", change scaled to {r['floor_scale']:.2f} to keep the preset's SSIM/PSNR floor"
                   if r.get("floor_scale", 1.0) < 1.0 else "")
@@ -216,4 +266,5 @@ def format_report(reports: list[dict], title: str) -> str:
 
 
 __all__ = ["CloakSettings", "INTENSITY", "RENDER_QUALITY", "settings_for", "cloak_images", "CloakResult",
-           "reference_settings", "shrink_to_floors", "format_report", "check_images", "padder", "latent_sizes"]
+           "reference_settings", "shrink_to_floors", "format_report", "protection_warning", "unprotected_reason",
+           "check_images", "padder", "latent_sizes"]

@@ -82,7 +82,17 @@ def style_target_from_latents(encoder_name: str, member_names: list[str],
     if mode not in TARGET_MODES:
         raise ValueError(f"unknown style target mode {mode!r}; choose one of {TARGET_MODES}")
     latents, stats = [], []
-    for zs in latents_per_member:
+    for name, zs in zip(member_names, latents_per_member):
+        for t in zs:
+            if t.ndim != 4 or 0 in t.shape:
+                raise ValueError(f"style latent of {name!r}: expected a non-empty [B, C, h, w] batch, "
+                                 f"got {list(t.shape)}")
+            if t.shape[1] != zs[0].shape[1]:
+                raise ValueError(f"style latents of {name!r} mix {zs[0].shape[1]} and {t.shape[1]} channels")
+            if not torch.isfinite(t).all():
+                raise ValueError(f"style latent of {name!r} contains NaN or infinite values: a broken LATENT "
+                                 "(or a NaN style image) would leave the image unprotected; re-encode the style "
+                                 "images with VAE Encode, or wire the style IMAGE instead")
         size = zs[0].shape[-2:]
         z = torch.cat([fit_latent(t.float(), size) for t in zs], 0).cpu()
         stats.append({k: v.mean(0) for k, v in latent_stats(z).items()})
@@ -95,6 +105,16 @@ def fit_latent(z: torch.Tensor, size) -> torch.Tensor:
     if tuple(z.shape[-2:]) == tuple(size):
         return z
     return F.interpolate(z, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def check_channels(target_channels: int, encoder_channels: int, encoder_name: str) -> None:
+    """A clear error when a target latent comes from another latent space than the encoder's."""
+    if int(target_channels) != int(encoder_channels):
+        raise ValueError(
+            f"the style target has {target_channels}-channel latents but encoder {encoder_name!r} makes "
+            f"{encoder_channels}-channel latents: the LATENT comes from another VAE (e.g. 16 channels: SD3/FLUX.1, "
+            "4: SD1.x/SDXL, 32: FLUX.2). Wire the style IMAGE into StyleTargetLatents instead (it is encoded with "
+            "this encoder), or VAE Encode it with the same VAE this LoadVAEEncoder wraps")
 
 
 class EnsembleObjective:
@@ -143,6 +163,7 @@ class LatentMatch(EnsembleObjective):
 
     def member_distance(self, k, z, warp):
         t = self.targets[k].to(z.device)
+        check_channels(t.shape[1], z.shape[1], self.encoder.members[k].name)
         t = t.expand(z.shape[0], *t.shape[1:]) if t.shape[0] == 1 else t
         if warp is not None:
             t = warp(t)
@@ -164,6 +185,7 @@ class LatentStyleStats(EnsembleObjective):
         self.gram_weight = gram_weight
 
     def member_distance(self, k, z, warp):
+        check_channels(self.stats[k]["mean"].shape[-1], z.shape[1], self.encoder.members[k].name)
         s, t = latent_stats(z), {n: v.to(z.device) for n, v in self.stats[k].items()}
         sq = ((s["mean"] - t["mean"]) ** 2).sum(1) + ((s["std"] - t["std"]) ** 2).sum(1)
         sq = sq + self.gram_weight * ((s["gram"] - t["gram"]) ** 2).flatten(1).sum(1)

@@ -27,6 +27,10 @@ def vae_encoder(vae, precision: str = "auto") -> CallableEncoder:
     if model is None or not hasattr(model, "encode"):
         raise ValueError(f"expected a VAE from Load Checkpoint or VAE Loader, got {type(vae).__name__}")
     ratio = getattr(vae, "downscale_ratio", 8)
+    if type(model).__name__ == "PixelspaceConversionVAE" or ratio == 1:
+        raise ValueError(f"vae: {type(model).__name__} (VAE Loader's 'pixel_space') is not an encoder: it passes "
+                         "pixels through unchanged, so a cloak against it means nothing. Load the VAE of the model "
+                         "you want to protect against (e.g. from Load Checkpoint, or a file in models/vae)")
     if not isinstance(ratio, int) or getattr(vae, "latent_dim", 2) != 2:
         raise ValueError("this VAE is a video or audio VAE; cloaking needs an image VAE "
                          "(SD1.x, SDXL, SD3, FLUX or a TAESD)")
@@ -85,13 +89,29 @@ def image_to_engine(image, what: str = "image") -> torch.Tensor:
                          "is a mask or latent wired here?")
     if image.shape[0] == 0:
         raise ValueError(f"{what}: the batch is empty; connect at least one image")
+    if not image.is_floating_point():
+        raise TypeError(f"{what}: expected a float IMAGE with values in 0..1, got dtype {image.dtype}")
+    if not torch.isfinite(image).all():
+        raise ValueError(f"{what}: contains NaN or infinite values; check the node that made it")
     if image.shape[-1] == 1:
         image = image.expand(*image.shape[:-1], 3)
     with torch.inference_mode(False):
         return image[..., :3].movedim(-1, 1).float().clone().clamp(0, 1)
 
 
-def image_to_comfy(pixels: torch.Tensor) -> torch.Tensor:
+def image_alpha(image) -> torch.Tensor | None:
+    """The alpha channel of an RGBA IMAGE as ``[B, 1, H, W]`` float32 (None for RGB or grey images)."""
+    if not isinstance(image, torch.Tensor) or image.shape[-1] != 4:
+        return None
+    image = image[None] if image.ndim == 3 else image
+    with torch.inference_mode(False):
+        return image[..., 3:].movedim(-1, 1).float().clone()
+
+
+def image_to_comfy(pixels: torch.Tensor, alpha: torch.Tensor | None = None) -> torch.Tensor:
+    """Engine pixels ``[B, 3, H, W]`` (+ alpha ``[B, 1, H, W]``, passed through) → IMAGE ``[B, H, W, 3 or 4]``."""
+    if alpha is not None:
+        pixels = torch.cat([pixels.detach().float().cpu(), alpha.detach().float().cpu()], 1)
     return pixels.detach().movedim(1, -1).to(mm.intermediate_device()).float().contiguous()
 
 

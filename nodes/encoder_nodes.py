@@ -10,7 +10,7 @@ from comfy_api.latest import io
 
 from ..engine import EncoderEnsemble, as_ensemble, make_style_target, padder, style_target_from_latents
 from ..engine.cloak import check_images
-from ..engine.objectives import TARGET_MODES
+from ..engine.objectives import TARGET_MODES, check_channels
 from .cloak_types import CloakEncoder, StyleTarget
 from .comfy_adapters import PRECISIONS, image_to_engine, tae_encoder_files, tae_file_encoder, vae_encoder
 
@@ -76,6 +76,29 @@ class LoadVAEEncoder(io.ComfyNode):
         return io.NodeOutput(ensemble)
 
 
+def check_style_latent(latents, encoder) -> torch.Tensor:
+    """A style LATENT that fits ``encoder`` (a single-member ensemble), or a clear error before any work: not a
+    4-D batch (video/audio latents), empty, NaN/inf, or from another latent space (channels learnt by encoding a
+    tiny probe image)."""
+    if not isinstance(latents, torch.Tensor):
+        raise TypeError(f"style LATENT: expected tensor samples, got {type(latents).__name__}")
+    if latents.ndim != 4 or 0 in latents.shape:
+        raise ValueError(f"style LATENT must be an image latent batch [B, C, h, w], got {list(latents.shape)}; "
+                         "video and audio latents cannot be a style target")
+    if not (latents.is_floating_point() and torch.isfinite(latents).all()):
+        raise ValueError(f"style LATENT ({latents.dtype}, {list(latents.shape)}) contains NaN or infinite values "
+                         "(or is not float): a target like that would leave the image unprotected. Re-encode the "
+                         "style images with VAE Encode, or wire the style IMAGE instead")
+    member = encoder.members[0]
+    encoder.prepare()
+    side = max(member.min_size, member.multiple)
+    with torch.no_grad():
+        probe = member(torch.full((1, 3, side, side), 0.5, device=member.device))
+    check_channels(latents.shape[1], probe.shape[1], member.name)
+    with torch.inference_mode(False):
+        return latents.float().clone()
+
+
 class StyleTargetLatents(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -110,9 +133,7 @@ class StyleTargetLatents(io.ComfyNode):
             if len(encoder) != 1:
                 raise ValueError("a LATENT style works with a single encoder; give style IMAGES to build a "
                                  f"target for an ensemble of {len(encoder)}")
-            latents = style["samples"]
-            if latents.ndim != 4 or latents.shape[0] == 0:
-                raise ValueError(f"style LATENT must be an image latent batch [B, C, h, w], got {list(latents.shape)}")
+            latents = check_style_latent(style["samples"], encoder)
             target = style_target_from_latents(encoder.name, [m.name for m in encoder.members],
                                                [[latents.float()]], mode)
             return io.NodeOutput(target)

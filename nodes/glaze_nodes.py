@@ -1,14 +1,18 @@
 """GlazePerturb: Glaze-style cloaking against style mimicry (Shan et al., USENIX Security 2023)."""
 from __future__ import annotations
 
+import logging
 
+import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ..engine import as_ensemble, cloak_images, format_report, latent_sizes, objective_for_target, settings_for
-from ..engine.cloak import INTENSITY, RENDER_QUALITY
+from ..engine.cloak import INTENSITY, RENDER_QUALITY, check_images
+from ..engine.estimate import estimate_cost, fits_in_memory, probe, refusal_message
 from ..engine.transforms import ROBUSTNESS_LEVELS
 from .cloak_types import CloakEncoder, StyleTarget
-from .comfy_adapters import grad_work, image_to_comfy, image_to_engine, perturbation_preview, progress_callbacks
+from .comfy_adapters import (grad_work, image_alpha, image_to_comfy, image_to_engine, perturbation_preview,
+                             progress_callbacks)
 
 BUDGETS = ("adaptive", "linf", "lpips")
 
@@ -40,19 +44,45 @@ def cloak_inputs() -> list:
     ]
 
 
+def check_cost(pixels, encoder, settings, title: str) -> str:
+    """Estimate memory and time up front (engine.estimate); log it; refuse what cannot fit in free memory."""
+    check_images(pixels, encoder)
+    encoder.prepare()
+    device = encoder.members[0].device
+    eot = ROBUSTNESS_LEVELS[settings.robustness]
+    with grad_work():
+        probed = probe(encoder)
+    cost = estimate_cost(probed, *pixels.shape[-2:], pixels.shape[0], settings.steps, encoder.multiple,
+                         getattr(eot, "samples", 1), getattr(eot, "clean_weight", 0.0) > 0)
+    free = mm.get_free_memory(device)
+    logging.info("%s: %s; %.2f GiB free on %s", title, cost.describe(), free / 2**30, device)
+    if not fits_in_memory(cost, free):
+        raise ValueError(refusal_message(cost, free, *pixels.shape[-2:]))
+    return cost.describe()
+
+
 def run_cloak(image, encoder, make_objective, intensity, render_quality, robustness, seed, custom_budget,
-              budget, title):
-    """Shared execute body: ComfyUI types in, (cloaked IMAGE, preview IMAGE, report, engine reports) out."""
+              budget, title, estimate: str | None = None):
+    """Shared execute body: ComfyUI types in, (cloaked IMAGE, preview IMAGE, report, engine reports) out.
+
+    An RGBA IMAGE keeps its alpha channel untouched, and its fully transparent pixels are never changed.
+    ``estimate``: the cost line when the caller already ran :func:`check_cost`."""
     encoder = as_ensemble(encoder)
     pixels = image_to_engine(image)
+    alpha = image_alpha(image)
     settings = settings_for(intensity, render_quality, robustness, custom_budget / 255, budget)
+    estimate = estimate or check_cost(pixels, encoder, settings, title.split(" ")[0])
     on_progress, should_stop = progress_callbacks(pixels.shape[0] * settings.steps)
     with grad_work():
         result = cloak_images(pixels, encoder, make_objective, settings, seed=seed,
-                              on_progress=on_progress, should_stop=should_stop)
+                              on_progress=on_progress, should_stop=should_stop,
+                              keep=None if alpha is None else alpha > 0)
+    notes = [estimate] + (["alpha kept; fully transparent pixels left unchanged"] if alpha is not None else [])
     report = format_report(result.reports, f"{title} | intensity {intensity}, render quality {render_quality}, "
-                                           f"robustness {robustness}, budget {budget}, encoder {encoder.name}")
-    return image_to_comfy(result.images), perturbation_preview(pixels, result.images), report, result.reports
+                                           f"robustness {robustness}, budget {budget}, encoder {encoder.name}",
+                           notes)
+    return (image_to_comfy(result.images, alpha), perturbation_preview(pixels, result.images), report,
+            result.reports)
 
 
 class GlazePerturb(io.ComfyNode):

@@ -12,11 +12,11 @@ import torch
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..engine import as_ensemble, padder
+from ..engine import as_ensemble, padder, settings_for
 from ..engine.nightshade import OBJECTIVES, NoisePredictor, format_pairing, plan_poison
 from .cloak_types import CloakEncoder
 from .comfy_adapters import grad_work, image_to_engine
-from .glaze_nodes import cloak_inputs, run_cloak
+from .glaze_nodes import check_cost, cloak_inputs, run_cloak
 
 NOISE_WIRING = ("objective 'noise' needs the diffusion model: connect 'model' (MODEL from Load Checkpoint) and "
                 "'positive' (CONDITIONING from CLIP Text Encode of the caption), or choose objective 'latent'")
@@ -171,13 +171,15 @@ class NightshadePoison(io.ComfyNode):
         ensemble = as_ensemble(encoder)
         pixels = image_to_engine(image)
         captions = captions_for(caption, pixels.shape[0])
+        settings = settings_for(intensity, render_quality, robustness, custom_budget / 255, budget)
+        estimate = check_cost(pixels, ensemble, settings, "NightshadePoison")  # before encoding anything
         with grad_work():
             plan = plan_poison(pixels, ensemble, anchor_to_engine(anchor))
 
         def work(predictor=None):
             make = plan.objective_factory(objective, predictor, seed)
             return run_cloak(image, ensemble, make, intensity, render_quality, robustness, seed, custom_budget,
-                             budget, f"NightshadePoison ({objective} objective)")
+                             budget, f"NightshadePoison ({objective} objective)", estimate)
 
         if objective == "noise":
             latent_size = plan.image_latents[0].shape[-2:]

@@ -225,7 +225,8 @@ class RobustnessCheck(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, attacks=None, **_):
+    def validate_inputs(cls, attacks=None):
+        # only `attacks` in the signature: ComfyUI repeats a failed custom validation once per input it passed in
         if attacks is not None:
             try:
                 parse_attacks(attacks)

@@ -236,7 +236,7 @@ def test_lpips_budget_explains_missing_weights():
         pytest.skip("lpips is installed here; the message path is for machines without it")
     except ImportError:
         pass
-    with pytest.raises(RuntimeError, match="adaptive"):
+    with pytest.raises(ValueError, match="adaptive"):
         E.LpipsBudget(8 / 255)
 
 

@@ -134,7 +134,7 @@ def test_target_made_with_another_encoder_is_refused(glaze, encoder, taesd_vae, 
 
 
 def test_load_vae_encoder_without_a_vae_says_what_to_connect(glaze):
-    with pytest.raises(ValueError, match="connect one"):
+    with pytest.raises(ValueError, match="needs an encoder: connect a VAE"):
         glaze[0].execute("none", "auto", 1.0)
 
 
