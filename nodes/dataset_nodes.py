@@ -20,6 +20,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]*$")
+MAX_NAME = 120  # characters of one file or folder name part (file systems allow 255 bytes; numbering adds more)
 _NUMBERED = re.compile(r"^(?P<prefix>.+)_(?P<n>\d{5,})\.(png|txt)$")
 
 
@@ -36,6 +37,9 @@ def safe_subfolder(root: str, folder: str) -> str:
     for p in parts:
         if p and not _NAME.match(p):
             raise ValueError(f"folder {folder!r}: part {p!r} may use only letters, digits, space, '_', '-', '.'")
+        if len(p.encode()) > MAX_NAME:
+            raise ValueError(f"folder {folder[:40]!r}...: a folder name may be at most {MAX_NAME} characters "
+                             f"(got {len(p)}); choose a shorter one")
     base = os.path.realpath(root)
     path = os.path.realpath(os.path.join(base, *[p for p in parts if p]))
     if os.path.commonpath([base, path]) != base:  # e.g. a symlink inside output pointing elsewhere
@@ -47,6 +51,8 @@ def plain_name(value: str, what: str) -> str:
     value = (value or "").strip()
     if not _NAME.match(value) or ".." in value:
         raise ValueError(f"{what} {value!r} may use only letters, digits, space, '_', '-', '.' (no path separators)")
+    if len(value) > MAX_NAME:
+        raise ValueError(f"{what} {value[:40]!r}... is {len(value)} characters long; use at most {MAX_NAME}")
     return value
 
 

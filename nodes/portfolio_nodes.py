@@ -18,7 +18,7 @@ import folder_paths
 import node_helpers
 from comfy_api.latest import io
 
-from .dataset_nodes import SavedFiles, safe_subfolder
+from .dataset_nodes import MAX_NAME, SavedFiles, safe_subfolder
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
@@ -44,8 +44,12 @@ def load_rgb(path: str) -> torch.Tensor:
 
 
 def safe_stem(name: str) -> str:
+    """The file name's stem, without path separators or characters Windows refuses, at most MAX_NAME long
+    (a longer original name is cut, not refused: the image is still saved)."""
     stem = _UNSAFE.sub("_", os.path.splitext(os.path.basename(str(name)))[0]).strip(" .")
-    return stem or "image"
+    while len(stem.encode()) > MAX_NAME:
+        stem = stem[:-1]
+    return stem.strip(" .") or "image"
 
 
 def create_exclusive(directory: str, stem: str, ext: str, write) -> str:
