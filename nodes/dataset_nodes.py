@@ -29,6 +29,8 @@ def safe_subfolder(root: str, folder: str) -> str:
     if not isinstance(folder, str) or not folder.strip():
         raise ValueError("folder is empty: give a folder name inside ComfyUI's output folder, e.g. 'poison_set'")
     parts = folder.strip().replace("\\", "/").split("/")
+    if len(folder.encode()) > 8 * MAX_NAME:  # many short parts can still pass the system's path length limit
+        raise ValueError(f"folder {folder[:40]!r}... is {len(folder)} characters long; use at most {8 * MAX_NAME}")
     if folder.strip().startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", folder.strip()):
         raise ValueError(f"folder {folder!r} is an absolute path; give a folder inside ComfyUI's output folder")
     if any(p in ("..", ".") for p in parts):
