@@ -100,14 +100,19 @@ def sd15(seed, shape):
 
 
 class Ctx:
-    def __init__(self):
+    def __init__(self, encoder="taesd"):
         self.pack = common.load_host()
         self.E = self.pack.engine
         self.NS = import_module("ComfyUI-Cloak.engine.nightshade")
         self.nodes = import_module("ComfyUI-Cloak.nodes.nightshade_nodes")
         adapters = import_module("ComfyUI-Cloak.nodes.comfy_adapters")
-        self.taesd = self.E.as_ensemble(adapters.vae_encoder(common.taesd_vae()))
-        self.taesd.prepare()
+        if encoder == "taesd":
+            self.encoder = self.E.as_ensemble(adapters.vae_encoder(common.taesd_vae()))
+            self.label = "trained TAESD (toy)"
+        else:
+            self.encoder = self.E.as_ensemble(common.tae(encoder))
+            self.label = f"{encoder.upper()} (real, pretrained)"
+        self.encoder.prepare()
 
 
 def run(ctx, x, anchors, settings, objective="latent", predictor=None, seed=0):
@@ -116,7 +121,7 @@ def run(ctx, x, anchors, settings, objective="latent", predictor=None, seed=0):
     stamps = []
     with torch.inference_mode(False), torch.enable_grad():  # also inside with_model's inference mode
         t0 = time.perf_counter()
-        res = ctx.NS.poison_images(x, ctx.taesd, anchors, settings, objective, predictor, seed=seed,
+        res = ctx.NS.poison_images(x, ctx.encoder, anchors, settings, objective, predictor, seed=seed,
                                    on_step=lambda *a: stamps.append(time.perf_counter()))
         seconds = time.perf_counter() - t0
     reps, checks = res.cloak.reports, res.checks
@@ -209,10 +214,34 @@ def bench_check(ctx, size, count, quality, robustness):
     print(f"mean latent gain {r['gain']:.3f}; {r['sec_img']:.1f} s/image, {r['sec_step']:.3f} s/step")
 
 
+def bench_presets(ctx, size, count, quality, robustness, psnr_levels):
+    """Per preset, and then at lower PSNR ceilings (intensity high's ε, SSIM floor off), how many of ``count``
+    poisoned latents end nearer the anchor's latent than their own original's; the first PSNR with all of them."""
+    x, anchors = photo_set(size, count), cat_anchors(size)
+    print(f"\n== 4. nearer the anchor, per preset and PSNR ceiling: {ctx.label}, {count} photos at {size}², "
+          f"{anchors.shape[0]} cat anchors, render quality {quality}, robustness {robustness} ==")
+    print(f"{'setting':26} {'PSNR':>7} {'SSIM':>7} {'gain':>7} {'toward':>7} {'nearer':>7} {'s/img':>7}")
+    all_at = None
+    rows = [(p, ctx.E.settings_for(p, quality, robustness)) for p in ("low", "default", "high")]
+    high = ctx.E.settings_for("high", quality, robustness)
+    rows += [(f"PSNR >= {p:g} dB", dataclasses.replace(high, min_psnr=float(p), min_ssim=None, eps=48 / 255))
+             for p in psnr_levels]
+    for label, s in rows:
+        r, _ = run(ctx, x, anchors, s)
+        print(f"{label:26} {r['psnr']:7.2f} {r['ssim']:7.4f} {r['gain']:7.3f} {r['toward']:>4d}/{r['n']:<2d} "
+              f"{r['nearer']:>4d}/{r['n']:<2d} {r['sec_img']:7.1f}", flush=True)
+        if all_at is None and r["nearer"] == r["n"]:
+            all_at = r["psnr"]
+    print("all nearer the anchor first at mean PSNR " + (f"{all_at:.2f} dB" if all_at else "— (not reached)"))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2 images, 10-step speed runs, no full-size UNet")
-    ap.add_argument("--only", choices=("speed", "intensity", "check"), help="run one section")
+    ap.add_argument("--only", choices=("speed", "intensity", "check", "presets"), help="run one section")
+    ap.add_argument("--encoder", default="taesd", choices=("taesd", "taef2"),
+                    help="taef2: the real pretrained encoder from the shared models folder")
+    ap.add_argument("--psnr-levels", default="30,28,26,24", help="PSNR ceilings tried after the presets (section 4)")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--sweep-images", type=int, default=4, help="images per intensity preset (section 2)")
     ap.add_argument("--check-images", type=int, default=16, help="images of the check (section 3)")
@@ -221,7 +250,7 @@ def main():
     ap.add_argument("--speed-steps", type=int, default=10, help="steps per speed run (latent, tiny UNet)")
     ap.add_argument("--full-unet-steps", type=int, default=3, help="steps with the full-size UNet (0: skip)")
     args = ap.parse_args()
-    ctx = Ctx()
+    ctx = Ctx(args.encoder)
     torch.manual_seed(0)
     if args.quick:
         args.sweep_images, args.check_images, args.full_unet_steps = 2, 2, 0
@@ -231,6 +260,9 @@ def main():
         bench_intensity(ctx, args.size, args.sweep_images, args.quality, args.robustness)
     if args.only in (None, "check"):
         bench_check(ctx, args.size, args.check_images, args.quality, args.robustness)
+    if args.only in (None, "presets"):
+        bench_presets(ctx, args.size, args.check_images, args.quality, args.robustness,
+                      [float(p) for p in args.psnr_levels.split(",") if p])
 
 
 if __name__ == "__main__":

@@ -35,6 +35,28 @@ def load_host():
     return pack
 
 
+def shared_models_dir() -> str:
+    """Where the real pretrained encoders live (DESIGN.md §5): $CLOAK_MODELS_DIR or ../shared/models."""
+    return os.environ.get("CLOAK_MODELS_DIR") or os.path.join(ROOT, "..", "shared", "models")
+
+
+def tae_path(name: str) -> str | None:
+    """``taef2_encoder.pth`` etc. in the shared models folder, or None when absent."""
+    folder = name.split("_")[0]
+    path = os.path.join(shared_models_dir(), folder, name)
+    return path if os.path.isfile(path) else None
+
+
+def tae(name: str = "taef2"):
+    """A real pretrained TAE encoder from the shared folder (engine.tae_encoder), or exit with the reason."""
+    E = load_host().engine
+    path = tae_path(f"{name}_encoder.pth")
+    if path is None:
+        sys.exit(f"{name} weights not found in {shared_models_dir()} (set CLOAK_MODELS_DIR)")
+    import torch
+    return E.tae_encoder(path, "cuda" if torch.cuda.is_available() else "cpu")
+
+
 def taesd_vae():
     """The TAESD trained in this repository, through ComfyUI's own VAELoader ("taesd")."""
     import nodes

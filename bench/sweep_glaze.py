@@ -17,7 +17,7 @@ import os
 import torch
 
 import common
-from bench_glaze import run, steps_to_reach
+from toy_glaze import run, steps_to_reach
 
 
 def interp(curve, psnr, key):

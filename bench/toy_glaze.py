@@ -1,4 +1,6 @@
-"""GlazePerturb vs a plain reference loop, per intensity preset: speed, memory, quality, target gain.
+"""The toy's tables (the TAESD trained in this repository): GlazePerturb vs the reference loop per preset.
+
+Run by ``bench/toy_glaze.py --sections toy`` after the TAEF2 tables; kept runnable on its own.
 
 Prints, for the trained TAESD (256², 512²) and the full-size SD1.x VAE architecture with random weights
 (128², 256²; timing and memory only — its gains mean nothing): seconds per image and per step, peak
@@ -8,8 +10,8 @@ L∞ bound is set per preset so its PSNR is the 8-bit level nearest our PSNR, si
 that level is more than 0.5 dB away, ours is run again with its PSNR ceiling moved onto the reference's
 (row glaze@ref) and the ratios and step count compare that matched pair.
 
-    .host/venv/bin/python bench/bench_glaze.py            # everything (CPU: ~40 min)
-    .host/venv/bin/python bench/bench_glaze.py --quick    # TAESD 256² only, 2 images
+    .host/venv/bin/python bench/toy_glaze.py            # everything (CPU: ~40 min)
+    .host/venv/bin/python bench/toy_glaze.py --quick    # TAESD 256² only, 2 images
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from . import metrics
 from .budgets import AdaptiveBudget, Frozen, LinfBox, LpipsBudget, quantize_to_8bit
 from .encoders import EncoderEnsemble
 from .optimize import optimize
-from .transforms import ROBUSTNESS_LEVELS
+from .transforms import ROBUSTNESS_LEVELS, WithRoundTrip
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,10 @@ class CloakSettings:
     lr: float = 0.25
     lr_final: float = 0.01
     patience: int = 0
+    # share of EOT draws that are a decode→encode round trip, when an encoder carries its decoder (TAE files with
+    # a *_decoder beside them): on TAEF2 at 128² it lifted the gain left after a round trip from 0.94x to 1.19x
+    # the reference's at matched PSNR, clean and JPEG gain unchanged (bench/tune_taef2.py ssim93 vs ssim93_rt)
+    roundtrip_p: float = 0.15
 
     def make_budget(self):
         if self.budget == "adaptive":
@@ -53,10 +57,13 @@ class CloakSettings:
 # The per-pixel caps are generous and the PSNR ceiling is what binds: a large cap lets the change gather in
 # the busiest texture, which moves the encoder more *and* costs less SSIM than spreading it (bench/sweep_glaze.py,
 # doubling 6/10/16 to 12/20/32: +16-21 % gain at equal PSNR, SSIM up); flat areas keep floor 0.1 of it.
+# SSIM floors 0.96/0.93/0.87 (were 0.97/0.95/0.90): on TAEF2 the old floors shrank most cloaks by ~0.8 dB past
+# their PSNR ceiling; 0.93 at default raised gain 0.88x -> 0.94x, JPEG q75 gain 1.13x -> 1.27x the reference's at
+# matched PSNR, with mean SSIM 0.94 against the reference's 0.88 (bench/tune_taef2.py, current vs ssim93).
 INTENSITY = {
-    "low": dict(eps=12 / 255, min_psnr=38.0, min_ssim=0.97),
-    "default": dict(eps=20 / 255, min_psnr=35.0, min_ssim=0.95),
-    "high": dict(eps=32 / 255, min_psnr=32.0, min_ssim=0.90),
+    "low": dict(eps=12 / 255, min_psnr=38.0, min_ssim=0.96),
+    "default": dict(eps=20 / 255, min_psnr=35.0, min_ssim=0.93),
+    "high": dict(eps=32 / 255, min_psnr=32.0, min_ssim=0.87),
 }
 # Render quality: how long to compute (optimisation steps), as in Glaze.
 RENDER_QUALITY = {"faster": 50, "default": 100, "slowest": 300}
@@ -141,6 +148,10 @@ def cloak_images(images: torch.Tensor, encoder: EncoderEnsemble, make_objective:
     b, _, h, w = images.shape
     pad = padder(h, w, encoder.multiple)
     eot = ROBUSTNESS_LEVELS[settings.robustness]
+    with_decoder = next((m for m in encoder.members if getattr(m, "decode", None) is not None), None)
+    if eot is not None and with_decoder is not None and settings.roundtrip_p > 0:
+        # the encoder came with its decoder: also survive a round trip through it (a purification attackers use)
+        eot = WithRoundTrip(eot, lambda p, m=with_decoder: m.decode(m(p)), settings.roundtrip_p)
     total = b * settings.steps
     out, reports = [], []
     for i in range(b):

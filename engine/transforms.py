@@ -133,6 +133,20 @@ class EOT:
         raise ValueError(f"unknown EOT transform {kind!r}; known: jpeg, resize, blur, noise, crop")
 
 
+class WithRoundTrip:
+    """An EOT that also draws, with probability ``p``, a round trip through a real autoencoder ``D(E(x))``
+    (the VAE round trip and IMPRESS-style purifications start there). Other draws come from ``eot``."""
+
+    def __init__(self, eot: EOT, autoencode: Callable[[torch.Tensor], torch.Tensor], p: float = 0.15):
+        self.eot, self.autoencode, self.p = eot, autoencode, float(p)
+        self.samples, self.clean_weight = eot.samples, eot.clean_weight
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, Warp | None]:
+        if torch.rand((), generator=gen).item() < self.p:
+            return self.autoencode(x).clamp(0, 1), None
+        return self.eot(x, gen)
+
+
 ROBUSTNESS_LEVELS = {
     "off": None,
     "on": EOT(),

@@ -21,8 +21,8 @@ def cloak_inputs() -> list:
     """The inputs GlazePerturb and NightshadePoison share (same names, same presets)."""
     return [
         io.Combo.Input("intensity", options=list(INTENSITY) + ["custom"], default="default",
-                       tooltip="How much the image may change. low: PSNR ≥ 38 dB, SSIM ≥ 0.97; default: PSNR ≥ 35 dB, "
-                               "SSIM ≥ 0.95; high: PSNR ≥ 32 dB, SSIM ≥ 0.90 (more protection, more visible). "
+                       tooltip="How much the image may change. low: PSNR ≥ 38 dB, SSIM ≥ 0.96; default: PSNR ≥ 35 dB, "
+                               "SSIM ≥ 0.93; high: PSNR ≥ 32 dB, SSIM ≥ 0.87 (more protection, more visible). "
                                "A pixel moves at most 12 / 20 / 32 of 255 (in busy texture; flat areas a tenth). "
                                "custom: at most custom_budget/255 per pixel, no PSNR/SSIM floor."),
         io.Combo.Input("render_quality", options=list(RENDER_QUALITY), default="default",

@@ -1,0 +1,93 @@
+"""Evaluation pieces shared by the Glaze benches: one cloak, the reference at a matched PSNR, attacked gains.
+
+Matching is per image: the reference loop (PhotoGuard-style L∞ sign PGD to the same target, same steps, no
+EOT) runs at the whole 8-bit level ε = k/255 nearest the preset's PSNR, and GlazePerturb is then run with its
+PSNR ceiling set to that reference image's own PSNR, so each pair changes the image by the same amount.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import torch
+
+import common
+
+
+def engine():
+    return common.load_host().engine
+
+
+def pil_jpeg(x, quality=75):
+    from importlib import import_module
+    return import_module("ComfyUI-Cloak.engine.attacks").pil_codec(x, "JPEG", quality)
+
+
+def gains(E, ensemble, x, x_adv, target_pixels, roundtrip=None):
+    """Per member: clean gain, gain after real JPEG q75, after a 0.5× resize, after the decode→encode round trip.
+
+    ``target_pixels`` ``[1, 3, H, W]`` is the style image; ``roundtrip`` (optional) ``D(E(·))`` of a real
+    decoder. Returns a dict of ``[M]`` tensors.
+    """
+    pad = E.padder(x.shape[-2], x.shape[-1], ensemble.multiple)
+    target = E.make_style_target(ensemble, target_pixels, "per_image", pad)
+    obj = E.objective_for_target(ensemble, target, 0, E.latent_sizes(ensemble, pad(x)))
+    out = {}
+    with torch.no_grad():
+        d0 = obj.distances(pad(x))[0]
+        attacks = {"gain": lambda y: y, "gain_jpeg75": pil_jpeg,
+                   "gain_resize05": lambda y: E.transforms.resize_down_up(y, 0.5)}
+        if roundtrip is not None:
+            attacks["gain_roundtrip"] = lambda y: roundtrip(pad(y))[..., :y.shape[-2], :y.shape[-1]].clamp(0, 1)
+        for key, attack in attacks.items():
+            out[key] = 1 - obj.distances(pad(attack(x_adv)))[0] / d0.clamp_min(1e-12)
+    return out
+
+
+def cloak(E, ensemble, x, target_pixels, settings, seed=0):
+    """One image ``[1, 3, H, W]``: (cloaked image, report dict)."""
+    pad = E.padder(x.shape[-2], x.shape[-1], ensemble.multiple)
+    target = E.make_style_target(ensemble, target_pixels, "per_image", pad)
+
+    def make_objective(i, padded):
+        return E.objective_for_target(ensemble, target, i, E.latent_sizes(ensemble, padded))
+
+    with torch.enable_grad():
+        res = E.cloak_images(x, ensemble, make_objective, settings, seed=seed)
+    return res.images, res.reports[0]
+
+
+def reference_level(psnr_goal: float) -> int:
+    """The 8-bit L∞ level whose saturated-sign image has a PSNR near ``psnr_goal`` (sign PGD fills the box)."""
+    return max(1, round(255 * 10 ** (-psnr_goal / 20) * 1.05))
+
+
+def matched_pair(E, ensemble, x, t, settings, seed=0, roundtrip=None, ref_level=None):
+    """Reference at the level nearest the preset's PSNR, then ours at the reference's PSNR; metrics for both."""
+    k = ref_level or reference_level(settings.min_psnr if settings.min_psnr else 35.0)
+    rows = {}
+    t0 = time.perf_counter()
+    ref_img, ref_rep = cloak(E, ensemble, x, t, E.reference_settings(k / 255, settings.steps), seed)
+    ref_sec = time.perf_counter() - t0
+    ours_settings = dataclasses.replace(settings, min_psnr=ref_rep["psnr"])
+    t0 = time.perf_counter()
+    our_img, our_rep = cloak(E, ensemble, x, t, ours_settings, seed)
+    our_sec = time.perf_counter() - t0
+    for name, img, rep, sec in (("ours", our_img, our_rep, our_sec), ("ref", ref_img, ref_rep, ref_sec)):
+        g = gains(E, ensemble, x, img, t, roundtrip)
+        rows[name] = dict(psnr=rep["psnr"], ssim=rep["ssim"], sec=sec, eps_255=k,
+                          **{key: float(v.mean()) for key, v in g.items()}, image=img)
+    return rows
+
+
+def mean_rows(per_image: list[dict], keys) -> dict:
+    return {k: sum(r[k] for r in per_image) / len(per_image) for k in keys}
+
+
+def fmt_table(title, results, keys):
+    """``results``: list of (label, dict) rows; prints a fixed-width table."""
+    lines = [title, f"{'row':28} " + " ".join(f"{k:>14}" for k in keys)]
+    for label, r in results:
+        lines.append(f"{label:28} " + " ".join(f"{r.get(k, math.nan):14.4f}" for k in keys))
+    return "\n".join(lines)
