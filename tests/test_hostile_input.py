@@ -229,7 +229,7 @@ CLOAK_NAMES = ["image", "custom_budget", "budget", "intensity", "style"]
 
 # ------------------------------------------------------------------------------------------------ the nodes
 @bounded(70)
-@given(style=images(), mode=st.sampled_from(["per_image", "mean", "style_stats"]))
+@given(style=mostly(VALID_IMAGES, images(), 3, 1), mode=st.sampled_from(["per_image", "mean", "style_stats"]))
 def test_style_target_latents_with_odd_images(h, style, mode):
     out = outcome(h, lambda: h.nodes["StyleTargetLatents"].execute(encoder=h.encoder, style=style, mode=mode),
                   ["style"])
@@ -298,7 +298,11 @@ def test_robustness_check_validates_any_attack_text(h, attacks):
 
 
 @bounded(60)
-@given(attacks=attack_specs(), cloaked=mostly(VALID_IMAGES, images(sides=st.sampled_from([32, 40, 33]))),
+@given(attacks=mostly(st.sampled_from(["none, jpeg:75", "blur:2, resize:0.25", "crop:0.3, rotate:-45", "blur:10",
+                                        "noise:0.5, screenshot:0.25", "jpeg444:1, webp:1", "resize:0.05",
+                                        "vae, impress:5, diffpure, noisy_upscale", "crop:1; rotate:45"]),
+                       attack_specs(), 1, 1),
+       cloaked=mostly(VALID_IMAGES, images(sides=st.sampled_from([32, 40, 33]))),
        target_kind=st.sampled_from(["style_target", "style_target", "anchor_image", "anchor_latent", "odd"]),
        seed=st.integers(0, 2**31 - 1))
 def test_robustness_check_with_odd_inputs(h, attacks, cloaked, target_kind, seed):
