@@ -44,11 +44,15 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "e2e: end-to-end test against a real ComfyUI server (runs last)")
 
 
+def _uses_a_server(item) -> bool:
+    return any(name == "server" or name.endswith("_server") for name in getattr(item, "fixturenames", ()))
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if "server" in getattr(item, "fixturenames", ()):
+        if _uses_a_server(item):
             item.add_marker(pytest.mark.e2e)
-    items.sort(key=lambda item: "server" in getattr(item, "fixturenames", ()))  # stable: e2e last
+    items.sort(key=_uses_a_server)  # stable: e2e last
 
 
 class _Capture(logging.Handler):

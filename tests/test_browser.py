@@ -79,6 +79,23 @@ for (let i = 0; i < nodes.length; i++) for (let j = i + 1; j < nodes.length; j++
 return out;
 """
 
+FIT_VIEW = """
+const c = window.app.canvas, nodes = window.app.graph.nodes;
+c.deselectAll();
+let [x0, y0, x1, y1] = [Infinity, Infinity, -Infinity, -Infinity];
+for (const n of nodes) {
+  const r = n.boundingRect;
+  x0 = Math.min(x0, r[0]); y0 = Math.min(y0, r[1]); x1 = Math.max(x1, r[0] + r[2]); y1 = Math.max(y1, r[1] + r[3]);
+}
+const w = c.canvas.width / (window.devicePixelRatio || 1), h = c.canvas.height / (window.devicePixelRatio || 1);
+const top = 90;  // the menu bar and tabs
+const scale = Math.min(w / (x1 - x0 + 80), (h - top) / (y1 - y0 + 80), 1.2);
+c.ds.scale = scale;
+c.ds.offset[0] = (w / scale - (x1 - x0)) / 2 - x0;
+c.ds.offset[1] = (top + (h - top - (y1 - y0) * scale) / 2) / scale - y0;
+c.setDirty(true, true);
+"""
+
 OUTPUTS_SHOWN = """
 const missing = [];
 for (const node of window.app.graph.nodes) {
@@ -125,7 +142,18 @@ CHECKS = {"glaze_img2img_target": check_img2img, "glaze_portfolio": check_portfo
 
 
 @pytest.fixture(scope="module")
-def browser(server, tiny_checkpoint):
+def browser_server(tmp_path_factory, tiny_checkpoint):
+    """A server of its own: the workflows write into its output folder, which other e2e tests count files in."""
+    from comfy_server import ComfyServer
+
+    with ComfyServer(workdir=str(tmp_path_factory.mktemp("browser_server")),
+                     cpu=os.environ.get("CLOAK_TEST_GPU") != "1") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser(browser_server):
+    server = browser_server
     for tool in ("chromium", "chromedriver"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is not installed: {BROWSER_HINT}", pytrace=False)
@@ -185,7 +213,8 @@ def click_run(driver) -> None:
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: os.path.basename(p)[:-5])
-def test_workflow_opens_runs_and_shows_outputs_in_the_browser(browser, server, path):
+def test_workflow_opens_runs_and_shows_outputs_in_the_browser(browser, browser_server, path):
+    server = browser_server
     name = os.path.basename(path)[:-5]
     with open(path, encoding="utf-8") as f:
         text = f.read()
@@ -220,8 +249,7 @@ def test_workflow_opens_runs_and_shows_outputs_in_the_browser(browser, server, p
     assert entry != "dialog", f"{name}: queueing opened a dialog: {browser.execute_script(DIALOGS)}"
     seconds = time.monotonic() - start
     # the whole graph in view, as the "fit view" button does: the canvas loads a node's images when it draws it
-    browser.execute_script("const c = window.app.canvas; c.deselectAll(); "
-                           "window.app.extensionManager.command.execute('Comfy.Canvas.FitView');")
+    browser.execute_script(FIT_VIEW)
     deadline = time.monotonic() + 20
     while (missing := browser.execute_script(OUTPUTS_SHOWN)) and time.monotonic() < deadline:
         time.sleep(0.5)
