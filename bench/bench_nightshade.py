@@ -214,7 +214,7 @@ def bench_check(ctx, size, count, quality, robustness):
     print(f"mean latent gain {r['gain']:.3f}; {r['sec_img']:.1f} s/image, {r['sec_step']:.3f} s/step")
 
 
-def bench_presets(ctx, size, count, quality, robustness, psnr_levels):
+def bench_presets(ctx, size, count, quality, robustness, psnr_levels, presets=("low", "default", "high")):
     """Per preset, and then at lower PSNR ceilings (intensity high's ε, SSIM floor off), how many of ``count``
     poisoned latents end nearer the anchor's latent than their own original's; the first PSNR with all of them."""
     x, anchors = photo_set(size, count), cat_anchors(size)
@@ -222,7 +222,7 @@ def bench_presets(ctx, size, count, quality, robustness, psnr_levels):
           f"{anchors.shape[0]} cat anchors, render quality {quality}, robustness {robustness} ==")
     print(f"{'setting':26} {'PSNR':>7} {'SSIM':>7} {'gain':>7} {'toward':>7} {'nearer':>7} {'s/img':>7}")
     all_at = None
-    rows = [(p, ctx.E.settings_for(p, quality, robustness)) for p in ("low", "default", "high")]
+    rows = [(p, ctx.E.settings_for(p, quality, robustness)) for p in presets]
     high = ctx.E.settings_for("high", quality, robustness)
     rows += [(f"PSNR >= {p:g} dB", dataclasses.replace(high, min_psnr=float(p), min_ssim=None, eps=48 / 255))
              for p in psnr_levels]
@@ -241,6 +241,7 @@ def main():
     ap.add_argument("--only", choices=("speed", "intensity", "check", "presets"), help="run one section")
     ap.add_argument("--encoder", default="taesd", choices=("taesd", "taef2"),
                     help="taef2: the real pretrained encoder from the shared models folder")
+    ap.add_argument("--presets", default="low,default,high", help="intensity presets of section 4")
     ap.add_argument("--psnr-levels", default="30,28,26,24", help="PSNR ceilings tried after the presets (section 4)")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--sweep-images", type=int, default=4, help="images per intensity preset (section 2)")
@@ -262,7 +263,7 @@ def main():
         bench_check(ctx, args.size, args.check_images, args.quality, args.robustness)
     if args.only in (None, "presets"):
         bench_presets(ctx, args.size, args.check_images, args.quality, args.robustness,
-                      [float(p) for p in args.psnr_levels.split(",") if p])
+                      [float(p) for p in args.psnr_levels.split(",") if p], tuple(args.presets.split(",")))
 
 
 if __name__ == "__main__":
