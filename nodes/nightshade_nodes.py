@@ -128,7 +128,11 @@ class NightshadePoison(io.ComfyNode):
             display_name="Nightshade Poison (Cloak)",
             category="cloak",
             description="Turns images of concept A into poison samples: captioned A, but seen by the model as "
-                        "the anchor's concept B, so a model trained on enough of them draws B when asked for A.",
+                        "the anchor's concept B, so a model trained on enough of them draws B when asked for A. "
+                        "What the presets buy, measured on TAEF2 (a real FLUX.2-space encoder, 16 photos, 128²): "
+                        "every poisoned latent moves toward the anchor, but it ends nearer the anchor's latent "
+                        "than its own original's for 3/16 at low, 7/16 at default and 11/16 at high; the report "
+                        "says which images crossed.",
             inputs=[
                 io.Image.Input("image", tooltip="Your images of concept A (a batch: each image is poisoned on its own)."),
                 CloakEncoder.Input("encoder", tooltip="From LoadVAEEncoder: the VAE(s) of the models to poison. "
