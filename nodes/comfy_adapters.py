@@ -34,12 +34,8 @@ def vae_encoder(vae, precision: str = "auto") -> CallableEncoder:
     if not isinstance(ratio, int) or getattr(vae, "latent_dim", 2) != 2:
         raise ValueError("this VAE is a video or audio VAE; cloaking needs an image VAE "
                          "(SD1.x, SDXL, SD3, FLUX or a TAESD)")
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
-    dtype = PRECISIONS[precision] or vae.vae_dtype
     device = mm.get_torch_device()
-    if device.type == "cpu" and dtype in (torch.float16,):
-        dtype = torch.float32  # fp16 convolutions are not implemented on every CPU build
+    dtype = encoder_dtype(precision, vae.vae_dtype, device)
     memo = {id(getattr(model, part)): None for part in _DECODER_PARTS if getattr(model, part, None) is not None}
     with torch.inference_mode(False):
         encoder = copy.deepcopy(model, memo).to(dtype=dtype).eval().requires_grad_(False)
@@ -68,14 +64,18 @@ def tae_encoder_files() -> list[str]:
 def tae_file_encoder(path: str, precision: str = "auto") -> CallableEncoder:
     """A TAE-family encoder (engine.tae) from a weights file, on ComfyUI's device; ``auto``: fp32 on CPU, fp16
     on a GPU (these models were trained for fp16)."""
+    device = mm.get_torch_device()
+    with torch.inference_mode(False):
+        return tae_encoder(path, device, encoder_dtype(precision, torch.float16, device))
+
+
+def encoder_dtype(precision: str, auto: torch.dtype, device: torch.device) -> torch.dtype:
+    """The encoder's dtype for a ``precision`` choice (``auto``: ``auto``); fp16 falls back to fp32 on a CPU,
+    where fp16 convolutions are not implemented on every build."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
-    device = mm.get_torch_device()
-    dtype = PRECISIONS[precision] or (torch.float32 if device.type == "cpu" else torch.float16)
-    if device.type == "cpu" and dtype == torch.float16:
-        dtype = torch.float32  # fp16 convolutions are not implemented on every CPU build
-    with torch.inference_mode(False):
-        return tae_encoder(path, device, dtype)
+    dtype = PRECISIONS[precision] or auto
+    return torch.float32 if device.type == "cpu" and dtype == torch.float16 else dtype
 
 
 def image_to_engine(image, what: str = "image") -> torch.Tensor:
