@@ -18,7 +18,14 @@ from . import metrics
 from .budgets import AdaptiveBudget, Frozen, LinfBox, LpipsBudget, quantize_to_8bit
 from .encoders import EncoderEnsemble
 from .optimize import optimize
+from .precision import autocast_members
+from .tiling import DEFAULT_MARGIN, REPORT_MARGIN, TiledEncoder, TiledGradient, plan_tiles
 from .transforms import ROBUSTNESS_LEVELS, WithRoundTrip
+
+# the automatic tile side: an image of more than AUTO_TILE² pixels is cloaked in tiles of about AUTO_TILE px a
+# side. On a CPU, passes over 512-640 px crops cost the least per pixel (a 1088² pass costs 1.5x as much per
+# pixel: caches), so tiles are also the faster way; a GPU takes bigger tiles, up to what its memory allows
+AUTO_TILE = {"cpu": 512, "cuda": 2048}
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,20 @@ class CloakSettings:
     # a *_decoder beside them): on TAEF2 at 128² it lifted the gain left after a round trip from 0.94x to 1.19x
     # the reference's at matched PSNR, clean and JPEG gain unchanged (bench/tune_taef2.py ssim93 vs ssim93_rt)
     roundtrip_p: float = 0.15
+    # tiles (engine.tiling): 0 = automatic (whole image when it is at most AUTO_TILE² pixels, else tiles of about
+    # AUTO_TILE px a side, or smaller where memory is short); a positive side forces tiles of that size; -1 = never
+    tile: int = 0
+    margin: int = DEFAULT_MARGIN
+    # precision of the encoder passes inside the optimisation: "fp32", "bf16", "fp16" or "auto" (see
+    # engine.precision); the perturbation, its optimiser state, calibration and the report stay float32
+    precision: str = "fp32"
+    # coarse-to-fine: on images of at least coarse_min_pixels, the first coarse_share of the steps run on the image
+    # scaled by coarse_scale (a quarter of the pixels at 0.5), their change upsampled to start the rest at full
+    # resolution with step size fine_lr (bench/bench_scale.py, protection section)
+    coarse_share: float = 0.0
+    coarse_scale: float = 0.5
+    coarse_min_pixels: int = 1024 * 1024
+    fine_lr: float = 0.1
 
     def make_budget(self):
         if self.budget == "adaptive":
@@ -113,8 +134,36 @@ def padder(h: int, w: int, multiple: int) -> Callable[[torch.Tensor], torch.Tens
 
 
 def latent_sizes(encoder: EncoderEnsemble, padded: torch.Tensor) -> list[tuple[int, int]]:
+    """Each member's latent size for ``padded`` (sides a multiple of the encoder's), from a small probe: a
+    member with a whole downscale factor f makes ``H/f × W/f``; others are measured on the image itself."""
+    h, w = padded.shape[-2:]
+    out = []
     with torch.no_grad():
-        return [tuple(m(padded[:1]).shape[-2:]) for m in encoder.members]
+        for m in encoder.members:
+            side = max(int(m.min_size), 4 * int(m.multiple))
+            side = -(-side // int(m.multiple)) * int(m.multiple)
+            zh = m(padded[:1, :, :side, :side] if h >= side and w >= side else padded[:1]).shape[-2]
+            f = side // zh if h >= side and w >= side and zh and side % zh == 0 else 0
+            out.append((h // f, w // f) if f and h % f == 0 and w % f == 0 else tuple(m(padded[:1]).shape[-2:]))
+    return out
+
+
+def tile_side(settings: CloakSettings, h: int, w: int, memory_tile: int | None = None,
+              device_type: str = "cpu") -> int:
+    """The tile side a cloak of an ``h``×``w`` image uses (0: whole image). ``memory_tile``: the largest side
+    that fits the free memory (engine.estimate.max_tile_side), when known."""
+    if settings.tile < 0:
+        return 0
+    if settings.tile > 0:
+        return settings.tile if h * w > settings.tile ** 2 else 0
+    auto = AUTO_TILE.get(device_type, AUTO_TILE["cpu"])
+    side = auto if memory_tile is None else max(64, min(auto, int(memory_tile)))
+    return side if h * w > side * side else 0
+
+
+def tiled_view(encoder: EncoderEnsemble, side: int, margin: int) -> EncoderEnsemble:
+    """The same ensemble, its members encoding big images tile by tile when no gradient is wanted."""
+    return EncoderEnsemble([TiledEncoder(m, side, margin) for m in encoder.members], encoder.raw_weights)
 
 
 @dataclass
@@ -130,13 +179,16 @@ def cloak_images(images: torch.Tensor, encoder: EncoderEnsemble, make_objective:
                  settings: CloakSettings, seed: int = 0,
                  on_progress: Callable[[int, int], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
-                 on_step: Callable | None = None, keep: torch.Tensor | None = None) -> CloakResult:
+                 on_step: Callable | None = None, keep: torch.Tensor | None = None,
+                 memory_tile: int | None = None) -> CloakResult:
     """Cloak each image on its own (seed ``seed + i``), so results do not depend on batch composition.
 
     ``make_objective(i, padded_image)`` returns the objective for image ``i`` (see engine.objectives).
     ``on_progress(done, total)`` counts optimisation steps over the whole batch.
     ``keep`` (optional, ``[B, 1, H, W]`` bool): pixels where it is False are returned exactly as given (e.g. the
     fully transparent pixels of an RGBA image).
+    ``memory_tile``: the largest tile side the free memory allows (engine.estimate.max_tile_side); big images
+    are cloaked in tiles (engine.tiling, ``settings.tile``), the report says how many.
     """
     check_images(images, encoder)
     if keep is not None and (keep.ndim != 4 or keep.shape[1] != 1 or keep.shape[0] != images.shape[0]
@@ -146,12 +198,7 @@ def cloak_images(images: torch.Tensor, encoder: EncoderEnsemble, make_objective:
     if hasattr(encoder, "prepare"):
         encoder.prepare()
     b, _, h, w = images.shape
-    pad = padder(h, w, encoder.multiple)
     eot = ROBUSTNESS_LEVELS[settings.robustness]
-    with_decoder = next((m for m in encoder.members if getattr(m, "decode", None) is not None), None)
-    if eot is not None and with_decoder is not None and settings.roundtrip_p > 0:
-        # the encoder came with its decoder: also survive a round trip through it (a purification attackers use)
-        eot = WithRoundTrip(eot, lambda p, m=with_decoder: m.decode(m(p)), settings.roundtrip_p)
     total = b * settings.steps
     out, reports = [], []
     for i in range(b):
@@ -159,41 +206,97 @@ def cloak_images(images: torch.Tensor, encoder: EncoderEnsemble, make_objective:
         x = images[i:i + 1].detach().float().cpu()
         device = encoder.members[0].device
         x = x.to(device)
-        objective = make_objective(i, pad(x))
-        objective.calibrate(pad(x))
-        budget = settings.make_budget()
-        if keep is not None:
-            budget = Frozen(budget, keep[i:i + 1].to(device))
+        k_i = None if keep is None else keep[i:i + 1].to(device)
         done_before = i * settings.steps
-
-        def step_cb(step, steps, loss, delta, _base=done_before):
-            if on_progress is not None:
-                on_progress(_base + step, total)
-            if on_step is not None:
-                on_step(step, steps, loss, delta)
-
-        res = optimize(x, objective.loss, budget, settings.steps, seed=seed + i, transforms=eot, view=pad,
-                       step_rule=settings.step_rule, lr=settings.lr, lr_final=settings.lr_final,
-                       patience=settings.patience, on_step=step_cb, should_stop=should_stop)
+        res, steps_run, delta = None, 0, None
+        for scale, n_steps, lr in stages(settings, h, w):
+            xs = x if scale == 1 else F.interpolate(x, scale_factor=scale, mode="bilinear", antialias=True,
+                                                    align_corners=False).clamp(0, 1)
+            ks = k_i if k_i is None or scale == 1 else F.interpolate(k_i.float(), size=xs.shape[-2:]) > 0.5
+            init = None if delta is None else F.interpolate(delta, size=xs.shape[-2:], mode="bilinear",
+                                                            align_corners=False)
+            res, objective, budget, tiles, pad_s = _run_stage(
+                xs, i, encoder, make_objective, settings, eot, n_steps, lr, seed + i, ks, init, memory_tile,
+                on_progress, on_step, should_stop, done_before + steps_run, total)
+            steps_run += res.steps_run
+            delta = res.delta
+        pad = pad_s
         x_adv = quantize_to_8bit(x, x + res.delta, budget.caps)
         x_adv, kept = shrink_to_floors(x, x_adv, budget.caps, settings.min_ssim, settings.min_psnr)
         if keep is not None:  # exactly as given there (rounding to 8-bit levels would move off-grid values)
-            x_adv = torch.where(keep[i:i + 1].to(device).bool(), x_adv, x)
+            x_adv = torch.where(k_i.bool(), x_adv, x)
         with torch.no_grad():
-            gain = metrics.target_gain(objective.distances(pad(x)), objective.distances(pad(x_adv)))
+            d0 = getattr(objective, "_d0", None)  # the calibration's distances of the original image
+            gain = metrics.target_gain(objective.distances(pad(x)) if d0 is None else d0,
+                                       objective.distances(pad(x_adv)))
         reports.append({
             "psnr": float(metrics.psnr(x_adv, x)[0]),
             "ssim": float(metrics.ssim(x_adv, x)[0]),
             "target_gain": float(gain[0]),
             "linf_255": float((x_adv - x).abs().max() * 255),
-            "steps": res.steps_run,
+            "steps": steps_run,
             "floor_scale": kept,
+            "tiles": len(tiles) or 1,
             "seconds": time.perf_counter() - start,
         })
-        if on_progress is not None and res.steps_run < settings.steps:
+        if on_progress is not None and steps_run < settings.steps:
             on_progress(done_before + settings.steps, total)
         out.append(x_adv.cpu())
     return CloakResult(torch.cat(out, 0), reports)
+
+
+def stages(settings: CloakSettings, h: int, w: int) -> list[tuple[float, int, float]]:
+    """``(scale, steps, lr)`` of each stage: one full-resolution stage, or coarse-to-fine on big images."""
+    coarse = round(settings.steps * settings.coarse_share)
+    if settings.coarse_share <= 0 or h * w < settings.coarse_min_pixels or coarse < 1 or coarse >= settings.steps:
+        return [(1.0, settings.steps, settings.lr)]
+    return [(settings.coarse_scale, coarse, settings.lr), (1.0, settings.steps - coarse, settings.fine_lr)]
+
+
+def _run_stage(x, i, encoder, make_objective, settings, eot, steps, lr, seed, keep, init, memory_tile,
+               on_progress, on_step, should_stop, done_before, total):
+    """One optimisation of image ``x`` (``[1, 3, H, W]``, on its device) at one scale: objective, tiles, budget,
+    precision, EOT; returns ``(OptimizeResult, objective, budget, tiles, pad)``."""
+    pad = padder(*x.shape[-2:], encoder.multiple)
+    side = tile_side(settings, *pad(x).shape[-2:], memory_tile, x.device.type)
+    tiles = plan_tiles(*pad(x).shape[-2:], side, settings.margin, encoder.multiple) if side else []
+    objective = make_objective(i, pad(x))
+    if tiles and not hasattr(objective, "region_loss"):
+        logging.info("cloak: %s cannot be tiled; image %d runs whole", type(objective).__name__, i)
+        tiles = []
+    if tiles and hasattr(objective, "encoder"):  # calibration and the report encode tile by tile too
+        objective.encoder = tiled_view(objective.encoder, side, max(settings.margin, REPORT_MARGIN))
+    objective.calibrate(pad(x))
+    budget = settings.make_budget()
+    if keep is not None:
+        budget = Frozen(budget, keep)
+
+    def step_cb(step, steps_, loss, delta):
+        if on_progress is not None:
+            on_progress(done_before + step, total)
+        if on_step is not None:
+            on_step(step, steps_, loss, delta)
+
+    device = x.device
+    calibrated = getattr(objective, "encoder", encoder)
+    fast = autocast_members(calibrated.members, settings.precision, device)
+    if hasattr(objective, "encoder"):
+        objective.encoder = EncoderEnsemble(fast, calibrated.raw_weights)
+    step_eot = eot
+    m_rt = next((m for m in fast if getattr(m, "decode", None) is not None), None)
+    if eot is not None and m_rt is not None and settings.roundtrip_p > 0:
+        # the encoder came with its decoder: also survive a round trip through it (a purification attackers use)
+        step_eot = WithRoundTrip(eot, lambda p, m=m_rt: m.decode(m(p)), settings.roundtrip_p)
+    try:
+        res = optimize(x, objective.loss, budget, steps, seed=seed, transforms=step_eot, view=pad,
+                       step_rule=settings.step_rule, lr=lr, lr_final=settings.lr_final,
+                       patience=settings.patience, on_step=step_cb, should_stop=should_stop,
+                       region_grad=TiledGradient(objective, tiles, should_stop=should_stop) if tiles else None,
+                       init=init)
+    finally:
+        if hasattr(objective, "encoder"):
+            objective.encoder = calibrated
+    return res, objective, budget, tiles, pad
 
 
 def shrink_to_floors(x: torch.Tensor, x_adv: torch.Tensor, caps: torch.Tensor, min_ssim: float | None,
@@ -270,6 +373,7 @@ def format_report(reports: list[dict], title: str, notes: list[str] | None = Non
     for i, r in enumerate(reports):
         shrunk = (f", change scaled to {r['floor_scale']:.2f} to keep the preset's SSIM/PSNR floor"
                   if r.get("floor_scale", 1.0) < 1.0 else "")
+        shrunk = (f", in {r['tiles']} tiles" if r.get("tiles", 1) > 1 else "") + shrunk
         lines.append(f"image {i}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}, target gain "
                      f"{r['target_gain']:.3f}, max change {r['linf_255']:.0f}/255, {r['steps']} steps, "
                      f"{r['seconds']:.1f} s{shrunk}")

@@ -49,6 +49,8 @@ class CallableEncoder:
     dtype: torch.dtype = torch.float32
     prepare: Callable[[], None] | None = None
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # the network behind ``fn``, when there is one: tiling (engine.tiling) looks in it for GroupNorm layers
+    module: torch.nn.Module | None = None
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         check_pixels(pixels)
@@ -157,7 +159,7 @@ def tae_encoder(path: str, device: torch.device | str = "cpu", dtype: torch.dtyp
 
     name = f"{info.variant.split('/')[0]}-{fingerprint(net)}"
     return CallableEncoder(fn=encode, name=name, multiple=info.factor, min_size=max(32, 4 * info.factor),
-                           device=device, dtype=dtype, decode=decode)
+                           device=device, dtype=dtype, decode=decode, module=net)
 
 
 def fingerprint(module: torch.nn.Module) -> str:

@@ -6,8 +6,9 @@ for the backward pass (the activations, which is what grows with the image) and 
 number of pixels, so they are measured per pixel and multiplied out for the real image, its padding, the EOT
 draws per step (each keeps its own graph until the gradient is taken) and the steps. Pure torch.
 
-The refusal rule is one function, :func:`fits_in_memory`, so that tiling (which bounds the pixels per pass)
-can later relax it in one place.
+Tiling (engine.tiling) bounds the pixels per pass: :func:`max_tile_side` is the largest tile the free memory
+allows, and a job is refused (:func:`fits_in_memory`) only when not even a small tile fits beside the whole
+image's own tensors (the perturbation and its optimiser state).
 """
 from __future__ import annotations
 
@@ -41,10 +42,12 @@ class CostEstimate:
     images: int
     steps: int
     passes_per_step: int
+    tiles: int = 1       # tiles per image (1: the whole image in one pass)
 
     def describe(self) -> str:
+        tiled = f", in {self.tiles} tiles" if self.tiles > 1 else ""
         return (f"estimated peak memory {self.peak_bytes / 2**30:.2f} GiB, time {format_seconds(self.seconds)} "
-                f"({self.images} image(s) of {self.pixels / 1e6:.2f} MP padded, {self.steps} steps, "
+                f"({self.images} image(s) of {self.pixels / 1e6:.2f} MP padded{tiled}, {self.steps} steps, "
                 f"{self.passes_per_step} encoder pass(es) per step)")
 
 
@@ -59,20 +62,24 @@ def format_seconds(s: float) -> str:
 _PROBES: dict[tuple, Probe] = {}  # by encoder name (weights fingerprint), device, dtype and probe size
 
 
-def probe(encoder, side: int = PROBE_SIDE) -> Probe:
-    """Measure ``encoder`` (an EncoderEnsemble) on a grey ``side``² probe (at least its ``min_size``); measured
-    once per encoder, device and precision (the cost per pixel does not change between runs)."""
+def probe(encoder, side: int = PROBE_SIDE, precision: str = "fp32") -> Probe:
+    """Measure ``encoder`` (an EncoderEnsemble) on a grey ``side``² probe (at least its ``min_size``), its passes
+    in ``precision`` (engine.precision); measured once per encoder, device and precision (the cost per pixel does
+    not change between runs)."""
+    from .precision import autocast_members
     m = max(1, int(encoder.multiple))
     side = max(int(side), int(encoder.min_size))
     side = -(-side // m) * m
     device = encoder.members[0].device
-    key = (encoder.name, str(device), tuple(str(getattr(x, "dtype", "")) for x in encoder.members), side)
+    members = autocast_members(encoder.members, precision, device)
+    key = (encoder.name, str(device), tuple(str(getattr(x, "dtype", "")) for x in encoder.members), side,
+           str(getattr(members[0], "autocast_dtype", "fp32")))
     if key not in _PROBES:
-        _PROBES[key] = _measure(encoder, side, device)
+        _PROBES[key] = _measure(members, side, device)
     return _PROBES[key]
 
 
-def _measure(encoder, side: int, device) -> Probe:
+def _measure(members, side: int, device) -> Probe:
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor):
@@ -89,7 +96,7 @@ def _measure(encoder, side: int, device) -> Probe:
         for attempt in range(2):  # the first pass pays one-off costs (allocations, kernel choice): time the second
             start = time.perf_counter()
             with torch.autograd.graph.saved_tensors_hooks(pack if attempt == 0 else (lambda t: t), lambda t: t):
-                total = sum(m_(x).float().pow(2).mean() for m_ in encoder.members)
+                total = sum(m_(x).float().pow(2).mean() for m_ in members)
             torch.autograd.grad(total, x)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -99,19 +106,42 @@ def _measure(encoder, side: int, device) -> Probe:
 
 
 def estimate_cost(probed: Probe, height: int, width: int, images: int, steps: int, multiple: int = 8,
-                  eot_samples: int = 1, clean_pass: bool = False) -> CostEstimate:
+                  eot_samples: int = 1, clean_pass: bool = False, tile: int = 0, margin: int = 0,
+                  work_share: float = 1.0) -> CostEstimate:
     """The cost of cloaking ``images`` images of ``height``×``width`` for ``steps`` steps (images are cloaked one
-    at a time, so memory does not grow with the batch; time does)."""
+    at a time, so memory does not grow with the batch; time does). ``tile`` > 0: in tiles of about that side with
+    ``margin`` px of context (engine.tiling). ``work_share``: the share of full-resolution work per step on average
+    (coarse-to-fine steps at half scale cost a quarter)."""
+    from .tiling import plan_tiles
     m = max(1, int(multiple))
-    pixels = (-(-int(height) // m) * m) * (-(-int(width) // m) * m)
+    ph, pw = -(-int(height) // m) * m, -(-int(width) // m) * m
+    pixels = ph * pw
     passes = max(1, int(eot_samples)) + (1 if clean_pass else 0)
-    peak = (probed.bytes_per_pixel * passes + PIXEL_STATE_BYTES) * pixels * OVERHEAD
-    seconds = probed.seconds_per_pixel * pixels * passes * int(steps) * int(images)
-    return CostEstimate(peak, seconds, pixels, int(images), int(steps), passes)
+    tiles = plan_tiles(ph, pw, tile, margin, m) if tile and pixels > tile * tile else []
+    pass_pixels = max((t.crop_pixels for t in tiles), default=pixels)
+    work_pixels = sum(t.crop_pixels for t in tiles) or pixels
+    peak = (probed.bytes_per_pixel * passes * pass_pixels + PIXEL_STATE_BYTES * pixels) * OVERHEAD
+    seconds = probed.seconds_per_pixel * work_pixels * passes * int(steps) * int(images) * float(work_share)
+    return CostEstimate(peak, seconds, pixels, int(images), int(steps), passes, max(1, len(tiles)))
+
+
+def max_tile_side(probed: Probe, height: int, width: int, free_bytes: float, eot_samples: int = 1,
+                  clean_pass: bool = False, margin: int = 0, multiple: int = 8) -> int:
+    """The largest tile side (a multiple of ``multiple``, at most the image's longer side) whose pass fits in
+    ``free_bytes`` beside the whole image's own tensors; 0 when not even a 64 px tile fits."""
+    passes = max(1, int(eot_samples)) + (1 if clean_pass else 0)
+    room = HEADROOM * float(free_bytes) / OVERHEAD - PIXEL_STATE_BYTES * int(height) * int(width)
+    if room <= 0:
+        return 0
+    crop = (room / max(probed.bytes_per_pixel * passes, 1e-9)) ** 0.5
+    side = int(crop) - 2 * int(margin)
+    side = min(side, max(int(height), int(width)))
+    side = side // max(1, int(multiple)) * max(1, int(multiple))
+    return side if side >= 64 else 0
 
 
 def fits_in_memory(estimate: CostEstimate, free_bytes: float) -> bool:
-    """Whether a job fits: the one rule a tiled cloak will relax later."""
+    """Whether a job fits in ``free_bytes`` (a tiled job's estimate counts one tile's pass)."""
     return estimate.peak_bytes <= HEADROOM * float(free_bytes)
 
 
@@ -121,9 +151,9 @@ def refusal_message(estimate: CostEstimate, free_bytes: float, height: int, widt
     side = int((HEADROOM * float(free_bytes) / max(per_pixel, 1e-9)) ** 0.5)
     return (f"image: {width}x{height} does not fit in memory: {estimate.describe()}, but only "
             f"{free_bytes / 2**30:.2f} GiB is free. Scale it down (about {side}x{side} px fits here; e.g. with "
-            "Upscale Image By 0.5), choose robustness off (fewer passes per step), or use a machine with more "
-            "memory")
+            "Upscale Image By 0.5), set a smaller tile_size, choose robustness off (fewer passes per step), or use "
+            "a machine with more memory")
 
 
-__all__ = ["Probe", "CostEstimate", "probe", "estimate_cost", "fits_in_memory", "refusal_message",
+__all__ = ["Probe", "CostEstimate", "probe", "estimate_cost", "max_tile_side", "fits_in_memory", "refusal_message",
            "format_seconds"]

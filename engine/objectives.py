@@ -171,6 +171,31 @@ class LatentMatch(EnsembleObjective):
             raise ValueError(f"target latent {list(t.shape)} does not fit the image latent {list(z.shape)}")
         return (z - t).flatten(1).norm(dim=1)
 
+    def region_loss(self, pixels: torch.Tensor, warp: Warp | None, tile,
+                    targets: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """This loss's share from one tile (engine.tiling): ``pixels`` is the tile's crop (core + margin) of the
+        padded image, scored on the core's latents only. The shares of all tiles sum to :meth:`loss`, since the
+        squared distance is a sum over latent positions. ``targets`` (optional): whole-image target latents to
+        use instead of this objective's (e.g. warped with the whole image by an EOT draw); ``warp`` (optional)
+        warps the tile's own target crop."""
+        if self._d0 is None:
+            raise RuntimeError("call calibrate(original_pixels) before region_loss()")
+        total = 0.0
+        for k, m in enumerate(self.encoder.members):
+            z = m(pixels)
+            s = pixels.shape[-2] // z.shape[-2]
+            t = (self.targets if targets is None else targets)[k].to(z.device)
+            check_channels(t.shape[1], z.shape[1], m.name)
+            t = t[..., tile.cy0 // s:tile.cy1 // s, tile.cx0 // s:tile.cx1 // s]
+            t = t.expand(z.shape[0], *t.shape[1:]) if t.shape[0] == 1 else t
+            if warp is not None:
+                t = warp(t)
+            core = (..., slice((tile.y0 - tile.cy0) // s, (tile.y1 - tile.cy0) // s),
+                    slice((tile.x0 - tile.cx0) // s, (tile.x1 - tile.cx0) // s))
+            sq = (z[core] - t[core]).pow(2).flatten(1).sum(1)
+            total = total + self.encoder.weights[k] * sq / self._d0[:, k].to(z.device) ** 2
+        return total
+
 
 class LatentStyleStats(EnsembleObjective):
     """Match latent style statistics (channel mean/std and Gram matrix) of a style set (StyleGuard, 2025).

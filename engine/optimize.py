@@ -44,6 +44,8 @@ def optimize(
     min_rel_improvement: float = 1e-3,
     on_step: Callable[[int, int, float, torch.Tensor], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    region_grad: Callable | None = None,
+    init: torch.Tensor | None = None,
 ) -> OptimizeResult:
     """Optimise a perturbation of ``x`` (``[B, 3, H, W]`` in 0..1).
 
@@ -58,7 +60,10 @@ def optimize(
                           (PhotoGuard's schedule);
     ``patience``          stop when the smoothed loss has not improved by ``min_rel_improvement`` for
                           this many steps (0: never stop early);
-    ``on_step(step, steps, loss, δ)`` progress callback; ``should_stop()`` checked every step.
+    ``on_step(step, steps, loss, δ)`` progress callback; ``should_stop()`` checked every step;
+    ``region_grad``       (optional, engine.tiling.TiledGradient) computes the loss's gradient on ``view(x + δ)``
+                          tile by tile, in bounded memory, instead of ``loss_fn`` on the whole image;
+    ``init``              (optional) a starting perturbation (e.g. a coarse scale's, upsampled), projected first.
     """
     if step_rule not in STEP_RULES:
         raise ValueError(f"unknown step rule {step_rule!r}; choose one of {STEP_RULES}")
@@ -68,7 +73,7 @@ def optimize(
     budget.setup(x)
     caps = budget.caps
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    delta = torch.zeros_like(x)
+    delta = torch.zeros_like(x) if init is None else budget.project(x, init.detach().float().to(x.device))
     m = torch.zeros_like(x)
     v = torch.zeros_like(x)
     b1, b2 = 0.9, 0.999
@@ -85,14 +90,22 @@ def optimize(
         delta.requires_grad_(True)
         x_adv = x + delta
         seen = view(x_adv) if view is not None else x_adv
-        total = loss_fn(seen, None).sum() * clean_weight if clean_weight > 0 else 0.0
-        for _ in range(samples):
-            warped, warp = transforms(seen, gen) if transforms is not None else (seen, None)
-            total = total + loss_fn(warped, warp).sum() * (1 - clean_weight) / samples
-        penalty = budget.penalty(x, x_adv)
-        objective = total + (penalty.sum() if penalty is not None else 0.0)
-        (grad,) = torch.autograd.grad(objective, delta)
-        value = float(total.detach()) / x.shape[0]
+        if region_grad is not None:
+            seen_grad, value = region_grad(seen.detach(), transforms, gen, samples, clean_weight)
+            penalty = budget.penalty(x, x_adv)
+            outs = [seen] + ([penalty.sum()] if penalty is not None else [])
+            (grad,) = torch.autograd.grad(outs, delta, [seen_grad] + ([torch.ones(())] if penalty is not None
+                                                                        else []))
+            value /= x.shape[0]
+        else:
+            total = loss_fn(seen, None).sum() * clean_weight if clean_weight > 0 else 0.0
+            for _ in range(samples):
+                warped, warp = transforms(seen, gen) if transforms is not None else (seen, None)
+                total = total + loss_fn(warped, warp).sum() * (1 - clean_weight) / samples
+            penalty = budget.penalty(x, x_adv)
+            objective = total + (penalty.sum() if penalty is not None else 0.0)
+            (grad,) = torch.autograd.grad(objective, delta)
+            value = float(total.detach()) / x.shape[0]
         losses.append(value)
 
         with torch.no_grad():

@@ -12,11 +12,11 @@ import torch
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..engine import as_ensemble, padder, settings_for
+from ..engine import as_ensemble, padder
 from ..engine.nightshade import OBJECTIVES, NoisePredictor, format_pairing, plan_poison
 from .cloak_types import CloakEncoder
 from .comfy_adapters import grad_work, image_to_engine
-from .glaze_nodes import check_cost, cloak_inputs, run_cloak
+from .glaze_nodes import check_cost, cloak_inputs, cloak_settings, run_cloak, scale_inputs
 
 NOISE_WIRING = ("objective 'noise' needs the diffusion model: connect 'model' (MODEL from Load Checkpoint) and "
                 "'positive' (CONDITIONING from CLIP Text Encode of the caption), or choose objective 'latent'")
@@ -154,6 +154,7 @@ class NightshadePoison(io.ComfyNode):
                                tooltip="For objective noise: the diffusion model (MODEL from Load Checkpoint)."),
                 io.Conditioning.Input("positive", optional=True,
                                       tooltip="For objective noise: CLIP Text Encode of the caption (concept A)."),
+                *scale_inputs(),
             ],
             outputs=[
                 io.Image.Output(display_name="poisoned", tooltip="The poison samples, on 8-bit levels (save as PNG)."),
@@ -169,13 +170,14 @@ class NightshadePoison(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, encoder, anchor, caption, intensity, render_quality, robustness, seed, custom_budget,
-                budget, objective, model=None, positive=None) -> io.NodeOutput:
+                budget, objective, model=None, positive=None, tile_size=0, pass_precision="auto") -> io.NodeOutput:
         if objective == "noise" and (model is None or positive is None):
             raise ValueError(NOISE_WIRING)
         ensemble = as_ensemble(encoder)
         pixels = image_to_engine(image)
         captions = captions_for(caption, pixels.shape[0])
-        settings = settings_for(intensity, render_quality, robustness, custom_budget / 255, budget)
+        settings = cloak_settings(intensity, render_quality, robustness, custom_budget, budget, tile_size,
+                                  pass_precision)
         estimate = check_cost(pixels, ensemble, settings, "NightshadePoison")  # before encoding anything
         with grad_work():
             plan = plan_poison(pixels, ensemble, anchor_to_engine(anchor))
@@ -183,7 +185,8 @@ class NightshadePoison(io.ComfyNode):
         def work(predictor=None):
             make = plan.objective_factory(objective, predictor, seed)
             return run_cloak(image, ensemble, make, intensity, render_quality, robustness, seed, custom_budget,
-                             budget, f"NightshadePoison ({objective} objective)", estimate)
+                             budget, f"NightshadePoison ({objective} objective)", estimate, tile_size,
+                             pass_precision)
 
         if objective == "noise":
             latent_size = plan.image_latents[0].shape[-2:]

@@ -1,0 +1,233 @@
+"""Cloaking at artists' file sizes: time, memory and protection from 512² to 4096², tiled and whole.
+
+Sections (``--sections``, comma-separated; default all, in this order):
+
+  scale       TAEF2 (real weights) and the full-size SD1.x VAE architecture (random weights: timing and memory
+              only) at 512², 1024², 2048², 4096²: seconds per step, fixed seconds per image (calibration,
+              targets, the final SSIM/PSNR check and report), peak memory (RSS on CPU), seconds per megapixel
+              per step, for the automatic settings (tiles, precision) and, where it fits, the whole image in
+              one pass. A few steps per size (``--steps``); a default cloak's time is fixed + 100 × per step.
+  protection  the same development images at ``--sizes`` (default 512,1024) cloaked at intensity default by
+              variants of the method, each scored on the *whole* TAEF2 in float32 (no tiles): target gain,
+              gain after a real JPEG q75, PSNR, SSIM, seconds; ratios to the full-resolution 100-step float32
+              whole-image cloak ("full").
+  batch       8 development images at 512² in one cloak_images call (one queued run of a folder) against 8
+              calls made one at a time, each with its own style target and cost estimate as a queued run has.
+
+    .host/venv/bin/python bench/bench_scale.py --sections scale --models taef2
+    .host/venv/bin/python bench/bench_scale.py --sections protection --sizes 1024 --variants full,fast
+
+Run one bench at a time (2 shared cores): figures are ratios within one run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+
+import torch
+
+import common
+import devset
+import glaze_eval as G
+
+SCALE_SIZES = (512, 1024, 2048, 4096)
+
+
+def kinds_for(size):
+    return ("flat_scene", "lineart", "painting", "photo_astronaut")
+
+
+def images_at(size, kinds):
+    import numpy as np
+    xs = [torch.from_numpy(np.ascontiguousarray(devset.image(k, size))).permute(2, 0, 1)[None] for k in kinds]
+    x = torch.cat(xs)
+    return x, devset.targets_for(x, list(kinds))
+
+
+def settings(E, **kw):
+    return dataclasses.replace(E.settings_for("default", "default", "on"), **kw)
+
+
+# ---------------------------------------------------------------------------------------------------- scale
+def timed_cloak(E, enc, x, t, s):
+    """(total seconds, seconds per step, fixed seconds, peak MiB, report) of one cloak of ``x``."""
+    stamps = []
+    pad = E.padder(*x.shape[-2:], enc.multiple)
+    device = enc.members[0].device
+    with common.PeakMemory(device) as mem:
+        start = time.perf_counter()
+        target = E.make_style_target(enc, t, "per_image", pad)
+
+        def make_objective(i, padded):
+            return E.objective_for_target(enc, target, i, E.latent_sizes(enc, padded))
+
+        with torch.enable_grad():
+            res = E.cloak_images(x, enc, make_objective, s, on_step=lambda *a: stamps.append(time.perf_counter()))
+        total = time.perf_counter() - start
+    steps = len(stamps)
+    per_step = (stamps[-1] - stamps[0]) / (steps - 1) if steps > 1 else total
+    return total, per_step, total - per_step * steps, mem.peak_mib, res.reports[0]
+
+
+def section_scale(E, models, sizes, steps_at):
+    print("\n== scale: seconds per step and per megapixel, peak memory (CPU RSS), intensity default, "
+          "robustness on ==")
+    print(f"{'model':10} {'size':>6} {'mode':>12} {'prec':>5} {'tiles':>5} {'steps':>5} {'s/step':>8} "
+          f"{'s/MP/step':>9} {'fixed s':>8} {'default min':>11} {'peak GiB':>8}")
+    rows = {}
+    for name in models:
+        enc = E.as_ensemble(common.tae("taef2") if name == "taef2" else sd_encoder(E))
+        for size in sizes:
+            x, t = images_at(size, ("photo_astronaut",))
+            modes = [("auto", dict(precision="auto"))]
+            if size <= {"taef2": 2048, "sd-arch": 1024}[name]:
+                modes.append(("whole", dict(precision="auto", tile=-1)))
+            if size == 512:
+                modes.append(("whole fp32", dict(precision="fp32", tile=-1)))
+            for mode, kw in modes:
+                n = steps_at(size)
+                total, per_step, fixed, peak, rep = timed_cloak(E, enc, x, t, settings(E, steps=n, **kw))
+                mp = size * size / 1e6
+                rows[(name, size, mode)] = per_step / mp
+                print(f"{name:10} {size:>5}² {mode:>12} {E.precision.resolve(kw['precision'], 'cpu').__repr__()[6:]:>5} "
+                      f"{rep['tiles']:>5} {n:>5} {per_step:8.2f} {per_step / mp:9.2f} {fixed:8.1f} "
+                      f"{(fixed + 100 * per_step) / 60:11.1f} {peak / 1024:8.2f}", flush=True)
+        if (name, 512, "auto") in rows and (name, 2048, "auto") in rows:
+            print(f"{name}: s/MP per step at 2048² / at 512² (auto) = "
+                  f"{rows[(name, 2048, 'auto')] / rows[(name, 512, 'auto')]:.2f}")
+    return rows
+
+
+def sd_encoder(E):
+    import importlib
+    vae = common.random_sd_vae()
+    adapters = importlib.import_module("ComfyUI-Cloak.nodes.comfy_adapters")
+    return adapters.vae_encoder(vae, "fp32")
+
+
+# ----------------------------------------------------------------------------------------------- protection
+VARIANTS = {
+    "full": dict(precision="fp32", tile=-1),                      # the yardstick: 100 steps, fp32, one pass
+    "bf16": dict(precision="bf16", tile=-1),
+    "tiled": dict(precision="fp32"),                               # tiles of 512 (auto on CPU) above 512²
+    "tiled256": dict(precision="fp32", tile=256),
+    "auto": dict(precision="auto"),                                # tiles + bf16: what a user gets, no c2f
+    "fast": dict(precision="auto", coarse_share=0.7, coarse_min_pixels=0),
+    "fast50": dict(precision="auto", coarse_share=0.5, coarse_min_pixels=0),
+    "fast80": dict(precision="auto", coarse_share=0.8, coarse_min_pixels=0),
+}
+
+
+def section_protection(E, sizes, variants, kinds, steps):
+    enc = E.as_ensemble(common.tae("taef2"))
+    member = enc.members[0]
+    roundtrip = (lambda p: member.decode(member(p))) if member.decode is not None else None
+    keys = ("psnr", "ssim", "gain", "gain_jpeg75", "gain_roundtrip", "sec")
+    for size in sizes:
+        x_all, t_all = images_at(size, kinds)
+        results = {v: [] for v in variants}
+        for j, kind in enumerate(kinds):
+            x, t = x_all[j:j + 1], t_all[j:j + 1]
+            for v in variants:
+                s = settings(E, steps=steps, **VARIANTS[v])
+                t0 = time.perf_counter()
+                img, rep = G.cloak(E, enc, x, t, s)
+                sec = time.perf_counter() - t0
+                g = G.gains(E, enc, x, img, t, roundtrip=roundtrip)
+                row = dict(psnr=rep["psnr"], ssim=rep["ssim"], sec=sec, tiles=rep["tiles"],
+                           **{k: float(val.mean()) for k, val in g.items()})
+                results[v].append(row)
+                # the same bands for every variant: a whole-image cloak's ratio is the content's own baseline
+                side = 256 if v == "tiled256" or size <= 512 else 512
+                seam = border_ratio(img - x, side)
+                print(f"{size}² {kind:16} {v:9} tiles {rep['tiles']:>2} psnr {row['psnr']:.2f} ssim {row['ssim']:.3f} "
+                      f"gain {row['gain']:.4f} jpeg75 {row['gain_jpeg75']:.4f} "
+                      f"round trip {row.get('gain_roundtrip', float('nan')):.4f} {sec:7.1f} s"
+                      + f"  border/inside energy ({side} px plan) {seam:.3f}", flush=True)
+        means = {v: G.mean_rows(results[v], keys) for v in variants}
+        print(G.fmt_table(f"\nprotection at {size}², {steps} steps, intensity default, means over {len(kinds)} images "
+                          "(scored on whole TAEF2, fp32)", [(v, means[v]) for v in variants], keys))
+        yardstick = next((v for v in ("full", "auto", "bf16") if v in means), None)
+        if yardstick is not None:
+            base = means[yardstick]
+            print(f"(ratios to {yardstick})")
+            print("ratios: " + "; ".join(
+                f"{v}: gain {means[v]['gain'] / base['gain']:.3f}, jpeg75 {means[v]['gain_jpeg75'] / base['gain_jpeg75']:.3f}, "
+                f"round trip {means[v]['gain_roundtrip'] / base['gain_roundtrip']:.3f}, "
+                f"psnr {means[v]['psnr'] - base['psnr']:+.2f} dB, time {means[v]['sec'] / base['sec']:.2f}x"
+                for v in variants if v != yardstick))
+
+
+def border_ratio(change: torch.Tensor, tile: int) -> float:
+    """engine.tiling.border_energy_ratio on the automatic plan's borders (cores of about ``tile`` px)."""
+    from importlib import import_module
+    tiling = import_module("ComfyUI-Cloak.engine.tiling")
+    return tiling.border_energy_ratio(change, tiling.plan_tiles(*change.shape[-2:], tile, 0, 8))
+
+
+# ---------------------------------------------------------------------------------------------------- batch
+def section_batch(E, steps):
+    enc = E.as_ensemble(common.tae("taef2"))
+    kinds = ("flat", "lineart", "anime", "painting", "photo_coffee", "flat_scene", "photo_rocket", "comic")
+    import numpy as np
+    x = torch.cat([torch.from_numpy(np.ascontiguousarray(devset.image(k, 512))).permute(2, 0, 1)[None]
+                   for k in kinds])
+    t = devset.targets_for(x, list(kinds))
+    s = settings(E, steps=steps, precision="auto")
+    pad = E.padder(512, 512, enc.multiple)
+    from importlib import import_module
+    est = import_module("ComfyUI-Cloak.engine.estimate")
+
+    def one_run(xs, ts):
+        est._PROBES.clear()  # a queued run of its own measures its encoder again (the cache is per process,
+        with torch.enable_grad():  # but a fresh run also rebuilds the target and re-checks the cost)
+            probed = est.probe(enc)
+        est.estimate_cost(probed, 512, 512, xs.shape[0], s.steps, enc.multiple)
+        target = E.make_style_target(enc, ts, "per_image", pad)
+        with torch.enable_grad():
+            return E.cloak_images(xs, enc, lambda i, p: E.objective_for_target(enc, target, i, E.latent_sizes(enc, p)),
+                                  s)
+    t0 = time.perf_counter()
+    one_run(x, t)
+    together = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(x.shape[0]):
+        one_run(x[i:i + 1], t[i:i + 1])
+    apart = time.perf_counter() - t0
+    print(f"\n== batch: 8 images at 512², {steps} steps, precision auto ==\n"
+          f"one run of 8: {together:.1f} s ({8 / together * 60:.2f} images/min); 8 runs of 1: {apart:.1f} s "
+          f"({8 / apart * 60:.2f} images/min); throughput ratio {apart / together:.2f}x")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sections", default="scale,protection,batch")
+    ap.add_argument("--models", default="taef2,sd-arch")
+    ap.add_argument("--scale-sizes", default=",".join(map(str, SCALE_SIZES)))
+    ap.add_argument("--sizes", default="512,1024")
+    ap.add_argument("--variants", default="full,tiled,auto,fast")
+    ap.add_argument("--kinds", default=",".join(kinds_for(0)))
+    ap.add_argument("--steps", type=int, default=100, help="steps per cloak in the protection section")
+    ap.add_argument("--batch-steps", type=int, default=20)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    E = common.load_host().engine
+    from importlib import import_module
+    E.precision = import_module("ComfyUI-Cloak.engine.precision")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 native: "
+          f"{E.precision.cpu_has_fast_bf16()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+    sections = args.sections.split(",")
+    if "scale" in sections:
+        section_scale(E, args.models.split(","), [int(v) for v in args.scale_sizes.split(",")],
+                      lambda size: 4 if size <= 1024 else (3 if size == 2048 else 2))
+    if "protection" in sections:
+        section_protection(E, [int(v) for v in args.sizes.split(",")], args.variants.split(","),
+                           args.kinds.split(","), args.steps)
+    if "batch" in sections:
+        section_batch(E, args.batch_steps)
+
+
+if __name__ == "__main__":
+    main()

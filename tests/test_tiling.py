@@ -1,0 +1,159 @@
+"""Tiled cloaking (issue 10): tiles cover the image once, the tiled gradient and encoding equal the whole image's
+where the margin covers the encoder, big images run in tiles with bounded passes, no seams, Cancel between tiles,
+and the up-front estimate tiles instead of refusing. TAEF2 checks skip when its weights are absent."""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+import pytest
+import torch
+
+from test_engine import E  # the engine imported on its own, without ComfyUI
+from test_taef2 import TAEF2_ENC, need, photo
+
+tiling = importlib.import_module(E.__name__ + ".tiling")
+est = importlib.import_module(E.__name__ + ".estimate")
+encoders = importlib.import_module(E.__name__ + ".encoders")
+
+
+@pytest.mark.parametrize("h, w, tile, margin, multiple", [(512, 512, 256, 32, 8), (200, 328, 64, 20, 8),
+                                                          (96, 96, 512, 32, 8), (640, 320, 128, 64, 32)])
+def test_tiles_cover_every_pixel_once_with_aligned_margins(h, w, tile, margin, multiple):
+    tiles = tiling.plan_tiles(h, w, tile, margin, multiple)
+    count = torch.zeros(h, w, dtype=torch.int32)
+    a = tiling.alignment(multiple)
+    for t in tiles:
+        count[t.y0:t.y1, t.x0:t.x1] += 1
+        assert t.cy0 <= t.y0 < t.y1 <= t.cy1 and t.cx0 <= t.x0 < t.x1 <= t.cx1
+        assert t.cy0 % a == 0 and t.cx0 % a == 0 and t.y0 % a == 0 and t.x0 % a == 0  # JPEG blocks line up
+        assert t.y0 - t.cy0 in (0, -(-margin // a) * a) or t.cy0 == 0
+        assert (t.y1 - t.y0) <= max(tile, a) + a and (t.x1 - t.x0) <= max(tile, a) + a
+    assert (count == 1).all()
+    if max(h, w) <= tile:
+        assert len(tiles) == 1 and (tiles[0].cy0, tiles[0].cy1, tiles[0].cx0, tiles[0].cx1) == (0, h, 0, w)
+
+
+def local_encoder():
+    """A conv encoder with a small receptive field (3 convs: ±7 px), no normalisation: tiles are exact."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, 2, 1),
+                              torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3, 2, 1)).requires_grad_(False)
+    return E.EncoderEnsemble([E.module_encoder(net, "local", multiple=8, min_size=16)])
+
+
+def objective_on(enc, x, seed=1):
+    z = enc.members[0](x)
+    target = [torch.randn(z.shape, generator=torch.Generator().manual_seed(seed))]
+    obj = E.LatentMatch(enc, target)
+    obj.calibrate(x)
+    return obj
+
+
+def test_tiled_gradient_and_encoding_equal_the_whole_image_where_the_margin_covers_the_encoder():
+    enc = local_encoder()
+    x = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(0))
+    obj = objective_on(enc, x)
+    xg = x.clone().requires_grad_(True)
+    (whole,) = torch.autograd.grad(obj.loss(xg).sum(), xg)
+    tiles = tiling.plan_tiles(128, 160, 48, 32, 8)
+    assert len(tiles) > 4
+    grad, value = tiling.TiledGradient(obj, tiles)(x, None, torch.Generator(), 1, 0.0)
+    assert value == pytest.approx(float(obj.loss(x)), rel=1e-5)
+    assert torch.allclose(grad, whole, atol=1e-6 * float(whole.abs().max()), rtol=1e-4)
+    with torch.no_grad():
+        z_tiled = tiling.TiledEncoder(enc.members[0], 48, 32)(x)
+        assert torch.allclose(z_tiled, enc.members[0](x), atol=1e-5)
+    # too small a margin is not exact (the check above can fail)
+    grad0, _ = tiling.TiledGradient(obj, tiling.plan_tiles(128, 160, 48, 0, 8))(x, None, torch.Generator(), 1, 0.0)
+    assert not torch.allclose(grad0, whole, atol=1e-6 * float(whole.abs().max()), rtol=1e-4)
+
+
+def test_a_big_image_is_cloaked_in_tiles_and_cancel_stops_between_tiles():
+    enc = local_encoder()
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(2))
+    target = E.style_target_from_latents(enc.name, ["local"], [[enc.members[0](x.flip(-1))]], "per_image")
+    make = lambda i, p: E.objective_for_target(enc, target, i, E.latent_sizes(enc, p))  # noqa: E731
+    s = dataclasses.replace(E.settings_for("default", "faster", "on"), steps=6, tile=64)
+    seen = []
+    orig = enc.members[0].fn
+    enc.members[0].fn = lambda p: (seen.append(tuple(p.shape[-2:])), orig(p))[1]
+    with torch.enable_grad():
+        res = E.cloak_images(x, enc, make, s)
+    rep = res.reports[0]
+    assert rep["tiles"] == 16 and rep["target_gain"] > 0.05 and rep["psnr"] >= 35.0 - 0.05, rep
+    assert len(seen) >= 6 * 16 and max(h * w for h, w in seen) < 256 * 256  # never a pass over the whole image
+    assert "in 16 tiles" in E.format_report(res.reports, "t")
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) > 3  # after three tiles of the first step
+
+    with torch.enable_grad(), pytest.raises(E.Cancelled):
+        E.cloak_images(x, enc, make, s, should_stop=stop)
+
+
+def test_the_estimate_tiles_a_4096_square_instead_of_refusing_it():
+    enc = local_encoder()
+    probed = est.probe(enc)
+    whole = est.estimate_cost(probed, 4096, 4096, 1, 100, 8)
+    free = 0.9 * whole.peak_bytes / est.HEADROOM  # a little short of what the whole image needs
+    assert not est.fits_in_memory(whole, free)
+    side = est.max_tile_side(probed, 4096, 4096, free, margin=32)
+    assert 64 <= side < 4096
+    tiled = est.estimate_cost(probed, 4096, 4096, 1, 100, 8, tile=side, margin=32)
+    assert tiled.tiles > 1 and tiled.peak_bytes < whole.peak_bytes and est.fits_in_memory(tiled, free)
+    smaller = est.max_tile_side(probed, 4096, 4096, 0.97 * free, margin=32)
+    assert 0 < smaller < side  # less memory, smaller tiles
+    assert tiled.seconds >= whole.seconds  # the margins cost a little extra time
+    assert "tiles" in tiled.describe()
+    assert est.max_tile_side(probed, 4096, 4096, 4096 * 4096 * 50) == 0  # the image's own tensors do not fit
+
+
+# ---------------------------------------------------------------------------------------------- on TAEF2
+@pytest.fixture(scope="module")
+def taef2():
+    need(TAEF2_ENC)
+    return encoders.tae_encoder(TAEF2_ENC)
+
+
+def test_taef2_tiled_encoding_equals_the_whole_image(taef2):
+    x = photo("astronaut", 512)
+    with torch.no_grad():
+        whole = taef2(x)
+        tiled = tiling.TiledEncoder(taef2, 256, 64)(x)
+    assert float((tiled - whole).norm() / whole.norm()) < 1e-4  # GroupNorm tail on the whole feature map: exact
+
+
+def test_taef2_tiled_gradient_points_where_the_whole_images_does(taef2):
+    enc = E.as_ensemble(taef2)
+    x = photo("coffee", 256)
+    obj = objective_on(enc, x)
+    xr = (x + 0.01 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3))).clamp(0, 1)
+    xg = xr.clone().requires_grad_(True)
+    (whole,) = torch.autograd.grad(obj.loss(xg).sum(), xg)
+    grad, _ = tiling.TiledGradient(obj, tiling.plan_tiles(256, 256, 128, tiling.DEFAULT_MARGIN, 8))(
+        xr, None, torch.Generator(), 1, 0.0)
+    cos = float((grad * whole).sum() / (grad.norm() * whole.norm()))
+    assert cos > 0.9, cos
+
+
+def test_taef2_tiled_cloak_has_no_seams_and_the_strength_of_a_whole_one(taef2):
+    enc = E.as_ensemble(taef2)
+    x = photo("astronaut", 256)
+    style = torch.round(torch.nn.functional.avg_pool2d(x, 8).repeat_interleave(8, -1).repeat_interleave(8, -2) * 3) / 3
+    target = E.make_style_target(enc, style, "per_image", lambda p: p)
+    make = lambda i, p: E.objective_for_target(enc, target, i, E.latent_sizes(enc, p))  # noqa: E731
+    base = dataclasses.replace(E.settings_for("default", "faster", "on"), steps=24, precision="bf16")
+    out = {}
+    with torch.enable_grad():
+        for name, tile in (("whole", -1), ("tiled", 128)):
+            res = E.cloak_images(x, enc, make, dataclasses.replace(base, tile=tile))
+            out[name] = (res.images, res.reports[0])
+    plan = tiling.plan_tiles(256, 256, 128, 0, 8)
+    ratio = {k: tiling.border_energy_ratio(img - x, plan) for k, (img, _) in out.items()}
+    assert out["tiled"][1]["tiles"] == 4 and out["whole"][1]["tiles"] == 1
+    assert 0.9 <= ratio["tiled"] / ratio["whole"] <= 1.1, ratio  # tile borders look like the whole cloak there
+    assert out["tiled"][1]["target_gain"] > 0.9 * out["whole"][1]["target_gain"], (out["tiled"][1], out["whole"][1])
+    assert abs(out["tiled"][1]["psnr"] - out["whole"][1]["psnr"]) < 0.3
