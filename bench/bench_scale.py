@@ -86,6 +86,15 @@ def section_scale(E, models, sizes, steps_at):
                 modes.append(("whole", dict(precision="auto", tile=-1)))
             if size == 512:
                 modes.append(("whole fp32", dict(precision="fp32", tile=-1)))
+            if name == "sd-arch" and size > 1024:
+                modes = []
+                per_tile, n_tiles, peak = partial_step(E, enc, x, 3)
+                per_step = per_tile * n_tiles
+                rows[(name, size, "auto")] = per_step / (size * size / 1e6)
+                print(f"{name:10} {size:>5}² {'auto (3 tiles)':>12} {'-':>5} {n_tiles:>5} {'-':>5} {per_step:8.1f} "
+                      f"{per_step / (size * size / 1e6):9.2f} {'-':>8} {100 * per_step / 60:11.0f} {peak / 1024:8.2f}"
+                      "   (one step's first 3 tile passes under a JPEG draw, whole-image tensors allocated; "
+                      "s/step = s/tile x tiles)", flush=True)
             for mode, kw in modes:
                 n = steps_at(size)
                 total, per_step, fixed, peak, rep = timed_cloak(E, enc, x, t, settings(E, steps=n, **kw))
@@ -98,6 +107,39 @@ def section_scale(E, models, sizes, steps_at):
             print(f"{name}: s/MP per step at 2048² / at 512² (auto) = "
                   f"{rows[(name, 2048, 'auto')] / rows[(name, 512, 'auto')]:.2f}")
     return rows
+
+
+def partial_step(E, enc, x, k):
+    """Seconds per tile pass and peak MiB of the first ``k`` tiles of one tiled step on ``x`` (automatic tiles and
+    precision), with everything a whole step holds allocated: the image, δ, the budget's caps, the gradient
+    buffer, and a whole-image JPEG draw (the EOT draw with the biggest backward graph). For encoders too slow to
+    run a whole step of at 4096² here (the SD1.x architecture: about 40 min a step on 2 cores)."""
+    from importlib import import_module
+    tiling = import_module("ComfyUI-Cloak.engine.tiling")
+    transforms = import_module("ComfyUI-Cloak.engine.transforms")
+    precision = import_module("ComfyUI-Cloak.engine.precision")
+    cloak = import_module("ComfyUI-Cloak.engine.cloak")
+    s = settings(E, precision="auto")
+    device = enc.members[0].device
+    with common.PeakMemory(device) as mem:
+        h, w = x.shape[-2:]
+        side = cloak.tile_side(s, h, w, None, device.type)
+        plan = tiling.plan_tiles(h, w, side, s.margin, enc.multiple)
+        f = enc.multiple
+        targets = [torch.randn(1, 4, h // f, w // f)]
+        fast = E.EncoderEnsemble(precision.autocast_members(enc.members, s.precision, device))
+        obj = E.LatentMatch(fast, targets)
+        obj._d0 = torch.ones(1, 1)  # timing only: no calibration pass
+        budget = s.make_budget()
+        budget.setup(x)
+        delta = torch.zeros_like(x)
+        eot = transforms.EOT(p_identity=0.0, kinds=("jpeg",))
+        grad = tiling.TiledGradient(obj, plan[:k])
+        start = time.perf_counter()
+        with torch.enable_grad():
+            g, _ = grad(x + delta, eot, torch.Generator().manual_seed(0), 1, 0.0)
+        sec = time.perf_counter() - start
+    return sec / k, len(plan), mem.peak_mib
 
 
 def sd_encoder(E):
@@ -114,9 +156,7 @@ VARIANTS = {
     "tiled": dict(precision="fp32"),                               # tiles of 512 (auto on CPU) above 512²
     "tiled256": dict(precision="fp32", tile=256),
     "auto": dict(precision="auto"),                                # tiles + bf16: what a user gets, no c2f
-    "fast": dict(precision="auto", coarse_share=0.7, coarse_min_pixels=0),
-    "fast50": dict(precision="auto", coarse_share=0.5, coarse_min_pixels=0),
-    "fast80": dict(precision="auto", coarse_share=0.8, coarse_min_pixels=0),
+    "auto50": dict(precision="auto", steps=50),                    # half the steps, same schedule
 }
 
 
@@ -131,7 +171,7 @@ def section_protection(E, sizes, variants, kinds, steps):
         for j, kind in enumerate(kinds):
             x, t = x_all[j:j + 1], t_all[j:j + 1]
             for v in variants:
-                s = settings(E, steps=steps, **VARIANTS[v])
+                s = settings(E, **{"steps": steps, **VARIANTS[v]})
                 t0 = time.perf_counter()
                 img, rep = G.cloak(E, enc, x, t, s)
                 sec = time.perf_counter() - t0

@@ -54,13 +54,6 @@ class CloakSettings:
     # precision of the encoder passes inside the optimisation: "fp32", "bf16", "fp16" or "auto" (see
     # engine.precision); the perturbation, its optimiser state, calibration and the report stay float32
     precision: str = "fp32"
-    # coarse-to-fine: on images of at least coarse_min_pixels, the first coarse_share of the steps run on the image
-    # scaled by coarse_scale (a quarter of the pixels at 0.5), their change upsampled to start the rest at full
-    # resolution with step size fine_lr (bench/bench_scale.py, protection section)
-    coarse_share: float = 0.0
-    coarse_scale: float = 0.5
-    coarse_min_pixels: int = 1024 * 1024
-    fine_lr: float = 0.1
 
     def make_budget(self):
         if self.budget == "adaptive":
@@ -208,19 +201,10 @@ def cloak_images(images: torch.Tensor, encoder: EncoderEnsemble, make_objective:
         x = x.to(device)
         k_i = None if keep is None else keep[i:i + 1].to(device)
         done_before = i * settings.steps
-        res, steps_run, delta = None, 0, None
-        for scale, n_steps, lr in stages(settings, h, w):
-            xs = x if scale == 1 else F.interpolate(x, scale_factor=scale, mode="bilinear", antialias=True,
-                                                    align_corners=False).clamp(0, 1)
-            ks = k_i if k_i is None or scale == 1 else F.interpolate(k_i.float(), size=xs.shape[-2:]) > 0.5
-            init = None if delta is None else F.interpolate(delta, size=xs.shape[-2:], mode="bilinear",
-                                                            align_corners=False)
-            res, objective, budget, tiles, pad_s = _run_stage(
-                xs, i, encoder, make_objective, settings, eot, n_steps, lr, seed + i, ks, init, memory_tile,
-                on_progress, on_step, should_stop, done_before + steps_run, total)
-            steps_run += res.steps_run
-            delta = res.delta
-        pad = pad_s
+        res, objective, budget, tiles, pad = _optimise_image(
+            x, i, encoder, make_objective, settings, eot, settings.steps, settings.lr, seed + i, k_i, memory_tile,
+            on_progress, on_step, should_stop, done_before, total)
+        steps_run = res.steps_run
         x_adv = quantize_to_8bit(x, x + res.delta, budget.caps)
         x_adv, kept = shrink_to_floors(x, x_adv, budget.caps, settings.min_ssim, settings.min_psnr)
         if keep is not None:  # exactly as given there (rounding to 8-bit levels would move off-grid values)
@@ -245,18 +229,10 @@ def cloak_images(images: torch.Tensor, encoder: EncoderEnsemble, make_objective:
     return CloakResult(torch.cat(out, 0), reports)
 
 
-def stages(settings: CloakSettings, h: int, w: int) -> list[tuple[float, int, float]]:
-    """``(scale, steps, lr)`` of each stage: one full-resolution stage, or coarse-to-fine on big images."""
-    coarse = round(settings.steps * settings.coarse_share)
-    if settings.coarse_share <= 0 or h * w < settings.coarse_min_pixels or coarse < 1 or coarse >= settings.steps:
-        return [(1.0, settings.steps, settings.lr)]
-    return [(settings.coarse_scale, coarse, settings.lr), (1.0, settings.steps - coarse, settings.fine_lr)]
-
-
-def _run_stage(x, i, encoder, make_objective, settings, eot, steps, lr, seed, keep, init, memory_tile,
+def _optimise_image(x, i, encoder, make_objective, settings, eot, steps, lr, seed, keep, memory_tile,
                on_progress, on_step, should_stop, done_before, total):
-    """One optimisation of image ``x`` (``[1, 3, H, W]``, on its device) at one scale: objective, tiles, budget,
-    precision, EOT; returns ``(OptimizeResult, objective, budget, tiles, pad)``."""
+    """One optimisation of image ``x`` (``[1, 3, H, W]``, on its device): objective, tiles, budget, precision,
+    EOT; returns ``(OptimizeResult, objective, budget, tiles, pad)``."""
     pad = padder(*x.shape[-2:], encoder.multiple)
     side = tile_side(settings, *pad(x).shape[-2:], memory_tile, x.device.type)
     tiles = plan_tiles(*pad(x).shape[-2:], side, settings.margin, encoder.multiple) if side else []
@@ -291,8 +267,7 @@ def _run_stage(x, i, encoder, make_objective, settings, eot, steps, lr, seed, ke
         res = optimize(x, objective.loss, budget, steps, seed=seed, transforms=step_eot, view=pad,
                        step_rule=settings.step_rule, lr=lr, lr_final=settings.lr_final,
                        patience=settings.patience, on_step=step_cb, should_stop=should_stop,
-                       region_grad=TiledGradient(objective, tiles, should_stop=should_stop) if tiles else None,
-                       init=init)
+                       region_grad=TiledGradient(objective, tiles, should_stop=should_stop) if tiles else None)
     finally:
         if hasattr(objective, "encoder"):
             objective.encoder = calibrated

@@ -106,12 +106,11 @@ def _measure(members, side: int, device) -> Probe:
 
 
 def estimate_cost(probed: Probe, height: int, width: int, images: int, steps: int, multiple: int = 8,
-                  eot_samples: int = 1, clean_pass: bool = False, tile: int = 0, margin: int = 0,
-                  work_share: float = 1.0) -> CostEstimate:
+                  eot_samples: int = 1, clean_pass: bool = False, tile: int = 0,
+                  margin: int = 0) -> CostEstimate:
     """The cost of cloaking ``images`` images of ``height``×``width`` for ``steps`` steps (images are cloaked one
     at a time, so memory does not grow with the batch; time does). ``tile`` > 0: in tiles of about that side with
-    ``margin`` px of context (engine.tiling). ``work_share``: the share of full-resolution work per step on average
-    (coarse-to-fine steps at half scale cost a quarter)."""
+    ``margin`` px of context (engine.tiling)."""
     from .tiling import plan_tiles
     m = max(1, int(multiple))
     ph, pw = -(-int(height) // m) * m, -(-int(width) // m) * m
@@ -121,7 +120,7 @@ def estimate_cost(probed: Probe, height: int, width: int, images: int, steps: in
     pass_pixels = max((t.crop_pixels for t in tiles), default=pixels)
     work_pixels = sum(t.crop_pixels for t in tiles) or pixels
     peak = (probed.bytes_per_pixel * passes * pass_pixels + PIXEL_STATE_BYTES * pixels) * OVERHEAD
-    seconds = probed.seconds_per_pixel * work_pixels * passes * int(steps) * int(images) * float(work_share)
+    seconds = probed.seconds_per_pixel * work_pixels * passes * int(steps) * int(images)
     return CostEstimate(peak, seconds, pixels, int(images), int(steps), passes, max(1, len(tiles)))
 
 

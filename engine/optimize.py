@@ -45,7 +45,6 @@ def optimize(
     on_step: Callable[[int, int, float, torch.Tensor], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     region_grad: Callable | None = None,
-    init: torch.Tensor | None = None,
 ) -> OptimizeResult:
     """Optimise a perturbation of ``x`` (``[B, 3, H, W]`` in 0..1).
 
@@ -62,8 +61,7 @@ def optimize(
                           this many steps (0: never stop early);
     ``on_step(step, steps, loss, δ)`` progress callback; ``should_stop()`` checked every step;
     ``region_grad``       (optional, engine.tiling.TiledGradient) computes the loss's gradient on ``view(x + δ)``
-                          tile by tile, in bounded memory, instead of ``loss_fn`` on the whole image;
-    ``init``              (optional) a starting perturbation (e.g. a coarse scale's, upsampled), projected first.
+                          tile by tile, in bounded memory, instead of ``loss_fn`` on the whole image.
     """
     if step_rule not in STEP_RULES:
         raise ValueError(f"unknown step rule {step_rule!r}; choose one of {STEP_RULES}")
@@ -73,7 +71,7 @@ def optimize(
     budget.setup(x)
     caps = budget.caps
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    delta = torch.zeros_like(x) if init is None else budget.project(x, init.detach().float().to(x.device))
+    delta = torch.zeros_like(x)
     m = torch.zeros_like(x)
     v = torch.zeros_like(x)
     b1, b2 = 0.9, 0.999

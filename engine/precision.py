@@ -67,6 +67,18 @@ class Autocast:
         with torch.autocast(torch.device(self.member.device).type, dtype=self.autocast_dtype):
             return self.member(pixels).float()
 
+    @property
+    def decode(self):
+        """The member's decoder (for EOT round-trip draws), autocast the same way; None when it has none."""
+        inner = getattr(self.member, "decode", None)
+        if inner is None:
+            return None
+
+        def decode(z):
+            with torch.autocast(torch.device(self.member.device).type, dtype=self.autocast_dtype):
+                return inner(z).float()
+        return decode
+
 
 def autocast_members(members: list, precision: str, device) -> list:
     """``members`` wrapped in :class:`Autocast` for ``precision`` (unchanged for float32)."""

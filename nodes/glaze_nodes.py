@@ -8,7 +8,7 @@ import comfy.model_management as mm
 from comfy_api.latest import io
 
 from ..engine import as_ensemble, cloak_images, format_report, latent_sizes, objective_for_target, settings_for
-from ..engine.cloak import INTENSITY, RENDER_QUALITY, check_images, stages, tile_side
+from ..engine.cloak import INTENSITY, RENDER_QUALITY, check_images, tile_side
 from ..engine.estimate import estimate_cost, fits_in_memory, max_tile_side, probe, refusal_message
 from ..engine.precision import PRECISIONS
 from ..engine.transforms import ROBUSTNESS_LEVELS
@@ -76,9 +76,8 @@ def check_cost(pixels, encoder, settings, title: str) -> tuple[str, int]:
     free = mm.get_free_memory(device)
     memory_tile = max_tile_side(probed, h, w, free, samples, clean, settings.margin, encoder.multiple)
     side = tile_side(settings, h, w, memory_tile or 64, device.type)
-    share = sum(scale * scale * n for scale, n, _ in stages(settings, h, w)) / settings.steps
     cost = estimate_cost(probed, h, w, pixels.shape[0], settings.steps, encoder.multiple, samples, clean,
-                         side, settings.margin if side else 0, share)
+                         side, settings.margin if side else 0)
     logging.info("%s: %s; %.2f GiB free on %s", title, cost.describe(), free / 2**30, device)
     if not memory_tile or not fits_in_memory(cost, free):
         raise ValueError(refusal_message(cost, free, h, w))

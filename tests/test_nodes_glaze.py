@@ -154,3 +154,21 @@ def test_progress_bar_and_cancel(glaze, encoder, sample_image, style_image):
     finally:
         mm.interrupt_current_processing(False)
         comfy.utils.set_progress_bar_global_hook(None)
+
+
+def test_tile_size_and_pass_precision_inputs(glaze, encoder, taesd_vae, sample_image, style_image):
+    """The big-image inputs (last, automatic by default): a forced tile size cloaks in tiles and says so; bf16
+    passes cloak as well; old calls without them keep working (the tests above); bad values are refused."""
+    image, style = small(sample_image, 192, 128), small(style_image, 192, 128)
+    with torch.inference_mode():
+        target = glaze[1].execute(encoder, style, "per_image").args[0]
+    _, _, whole = run_glaze(glaze, encoder, image, target, robustness="off")
+    cloaked, _, report = run_glaze(glaze, encoder, image, target, robustness="off", tile_size=64)
+    assert "in 6 tiles" in report and "in 6 tiles" not in whole, report
+    with torch.inference_mode():
+        t, z0, z1 = (taesd_vae.encode(x) for x in (style, image, cloaked))
+    assert (z1 - t).norm() < 0.9 * (z0 - t).norm()
+    _, _, report = run_glaze(glaze, encoder, image, target, robustness="off", pass_precision="bf16")
+    assert "target gain" in report and "NOT protected" not in report
+    with pytest.raises(ValueError, match="tile_size"):
+        run_glaze(glaze, encoder, image, target, tile_size=32)
