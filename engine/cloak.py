@@ -19,13 +19,9 @@ from .budgets import AdaptiveBudget, Frozen, LinfBox, LpipsBudget, quantize_to_8
 from .encoders import EncoderEnsemble
 from .optimize import optimize
 from .precision import autocast_members
-from .tiling import DEFAULT_MARGIN, REPORT_MARGIN, TiledEncoder, TiledGradient, plan_tiles
+from .tiling import AUTO_TILE, DEFAULT_MARGIN, REPORT_MARGIN, TiledEncoder, TiledGradient, plan_tiles
 from .transforms import ROBUSTNESS_LEVELS, WithRoundTrip
 
-# the automatic tile side: an image of more than AUTO_TILE² pixels is cloaked in tiles of about AUTO_TILE px a
-# side. On a CPU, passes over 512-640 px crops cost the least per pixel (a 1088² pass costs 1.5x as much per
-# pixel: caches), so tiles are also the faster way; a GPU takes bigger tiles, up to what its memory allows
-AUTO_TILE = {"cpu": 512, "cuda": 2048}
 
 
 @dataclass(frozen=True)

@@ -133,8 +133,9 @@ def max_tile_side(probed: Probe, height: int, width: int, free_bytes: float, eot
     if room <= 0:
         return 0
     crop = (room / max(probed.bytes_per_pixel * passes, 1e-9)) ** 0.5
+    if crop * crop >= int(height) * int(width):
+        return max(int(height), int(width))  # the whole image fits in one pass
     side = int(crop) - 2 * int(margin)
-    side = min(side, max(int(height), int(width)))
     side = side // max(1, int(multiple)) * max(1, int(multiple))
     return side if side >= 64 else 0
 

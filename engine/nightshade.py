@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from .cloak import CloakResult, CloakSettings, check_images, cloak_images, padder
 from .encoders import EncoderEnsemble
 from .objectives import EnsembleObjective, LatentMatch, Warp
+from .tiling import no_grad_tiles
 
 OBJECTIVES = ("latent", "noise")
 # Timesteps are drawn as a fraction u of the model's schedule (0 = most noise); the extreme ends are left
@@ -146,8 +147,10 @@ def encode(encoder: EncoderEnsemble, pixels: torch.Tensor, chunk: int = 8) -> li
     out = []
     with torch.no_grad():
         for m in encoder.members:
-            out.append(torch.cat([m(pixels[i:i + chunk].to(device)).float().cpu()
-                                  for i in range(0, pixels.shape[0], chunk)], 0))
+            m = no_grad_tiles(m)  # big images in tiles (one at a time: a tiled batch is no cheaper)
+            step = chunk if pixels.shape[-2] * pixels.shape[-1] <= m.tile * m.tile else 1
+            out.append(torch.cat([m(pixels[i:i + step].to(device)).float().cpu()
+                                  for i in range(0, pixels.shape[0], step)], 0))
     return out
 
 

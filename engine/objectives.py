@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .encoders import EncoderEnsemble
+from .tiling import no_grad_tiles
 
 Warp = Callable[[torch.Tensor], torch.Tensor]
 
@@ -73,6 +74,7 @@ def make_style_target(encoder: EncoderEnsemble, style_pixels: Sequence[torch.Ten
         # one image at a time: a target then does not depend on what else was in the batch (batched
         # convolutions round differently), so the same artwork gets the same cloak; and memory stays flat
         for m in encoder.members:
+            m = no_grad_tiles(m)  # a big style image (Glaze's Ω(x, T) has the artwork's size) in tiles
             per_member.append([torch.cat([m(pad(b[j:j + 1])) for j in range(b.shape[0])]) for b in batches])
     return style_target_from_latents(encoder.name, [m.name for m in encoder.members], per_member, mode)
 

@@ -47,14 +47,15 @@ def cloak_inputs() -> list:
 
 
 def scale_inputs() -> list:
-    """Inputs for big images (added last, so saved workflows keep working: their defaults are automatic)."""
+    """Inputs for big images: added last and optional, so saved workflows (UI and API format alike) keep working
+    with the automatic defaults."""
     return [
-        io.Int.Input("tile_size", default=0, min=0, max=8192, step=16,
+        io.Int.Input("tile_size", default=0, min=0, max=8192, step=16, optional=True,
                      tooltip="Advanced. 0 = automatic: images over 512x512 (CPU) or 2048x2048 (GPU) are cloaked "
                              "in tiles of about that size, smaller where free memory is short, so any size fits "
                              "in bounded memory (the change is still one whole-image change: no seams). A number "
                              "sets the tile side in pixels; a side at least the image's runs it in one piece."),
-        io.Combo.Input("pass_precision", options=list(PRECISIONS), default="auto",
+        io.Combo.Input("pass_precision", options=list(PRECISIONS), default="auto", optional=True,
                        tooltip="Advanced. Precision of the encoder passes while the cloak is computed (the change "
                                "itself, its steps and the report stay fp32). auto: bf16 where the hardware has "
                                "it natively (GPUs; CPUs with AVX512-BF16 or AMX: about 2x faster, protection "

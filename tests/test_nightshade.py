@@ -68,7 +68,7 @@ def test_schema_has_tooltips_and_the_public_contract(ns, comfy_host):
     info = ns[0].GET_NODE_INFO_V1()
     assert info["input_order"]["required"] == ["image", "encoder", "anchor", "caption", "intensity", "render_quality",
                                                "robustness", "seed", "custom_budget", "budget", "objective"]
-    assert info["input_order"]["optional"] == ["model", "positive"]
+    assert info["input_order"]["optional"] == ["model", "positive", "tile_size", "pass_precision"]
     assert info["output_name"] == ["poisoned", "caption", "perturbation", "report"]
     assert info["output_is_list"] == [False, True, False, False]
 

@@ -109,6 +109,7 @@ def test_the_estimate_tiles_a_4096_square_instead_of_refusing_it():
     assert tiled.seconds >= whole.seconds  # the margins cost a little extra time
     assert "tiles" in tiled.describe()
     assert est.max_tile_side(probed, 4096, 4096, 4096 * 4096 * 50) == 0  # the image's own tensors do not fit
+    assert est.max_tile_side(probed, 48, 40, 2**30) == 48  # a small image fits whole
 
 
 # ---------------------------------------------------------------------------------------------- on TAEF2
