@@ -122,7 +122,7 @@ def run(ctx, x, anchors, settings, objective="latent", predictor=None, seed=0):
     with torch.inference_mode(False), torch.enable_grad():  # also inside with_model's inference mode
         t0 = time.perf_counter()
         res = ctx.NS.poison_images(x, ctx.encoder, anchors, settings, objective, predictor, seed=seed,
-                                   on_step=lambda *a: stamps.append(time.perf_counter()))
+                                   hooks=ctx.E.Hooks(on_step=lambda *a: stamps.append(time.perf_counter())))
         seconds = time.perf_counter() - t0
     reps, checks = res.cloak.reports, res.checks
     n = len(reps)

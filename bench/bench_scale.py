@@ -11,11 +11,15 @@ Sections (``--sections``, comma-separated; default all, in this order):
               variants of the method, each scored on the *whole* TAEF2 in float32 (no tiles): target gain,
               gain after a real JPEG q75, PSNR, SSIM, seconds; ratios to the full-resolution 100-step float32
               whole-image cloak ("full").
+  estimate    the up-front estimate of a default cloak (TAEF2, automatic tiles and precision, what the nodes log
+              and report) against its measured time (fixed + 100 × per step, from ``--estimate-steps``-step runs)
+              at ``--estimate-sizes`` (default 512,1024,2048).
   batch       8 development images at 512² in one cloak_images call (one queued run of a folder) against 8
               calls made one at a time, each with its own style target and cost estimate as a queued run has.
 
     .host/venv/bin/python bench/bench_scale.py --sections scale --models taef2
     .host/venv/bin/python bench/bench_scale.py --sections protection --sizes 1024 --variants full,fast
+    .host/venv/bin/python bench/bench_scale.py --sections estimate
 
 Run one bench at a time (2 shared cores): figures are ratios within one run.
 """
@@ -64,7 +68,8 @@ def timed_cloak(E, enc, x, t, s):
             return E.objective_for_target(enc, target, i, E.latent_sizes(enc, padded))
 
         with torch.enable_grad():
-            res = E.cloak_images(x, enc, make_objective, s, on_step=lambda *a: stamps.append(time.perf_counter()))
+            res = E.cloak_images(x, enc, make_objective, s,
+                                 hooks=E.Hooks(on_step=lambda *a: stamps.append(time.perf_counter())))
         total = time.perf_counter() - start
     steps = len(stamps)
     per_step = (stamps[-1] - stamps[0]) / (steps - 1) if steps > 1 else total
@@ -129,7 +134,7 @@ def partial_step(E, enc, x, k):
         targets = [torch.randn(1, 4, h // f, w // f)]
         fast = E.EncoderEnsemble(precision.autocast_members(enc.members, s.precision, device))
         obj = E.LatentMatch(fast, targets)
-        obj._d0 = torch.ones(1, 1)  # timing only: no calibration pass
+        obj.set_start(torch.ones(1, 1))  # timing only: no calibration pass
         budget = s.make_budget()
         budget.setup(x)
         delta = torch.zeros_like(x)
@@ -147,6 +152,48 @@ def sd_encoder(E):
     vae = common.random_sd_vae()
     adapters = importlib.import_module("ComfyUI-Cloak.nodes.comfy_adapters")
     return adapters.vae_encoder(vae, "fp32")
+
+
+# ------------------------------------------------------------------------------------------------- estimate
+def free_bytes() -> float:
+    """What the nodes pass as free memory on a CPU (ComfyUI's get_free_memory: psutil's available memory)."""
+    try:
+        import psutil
+        return float(psutil.virtual_memory().available)
+    except ImportError:
+        return 16 * 2.0**30
+
+
+def section_estimate(E, sizes, steps_at):
+    from importlib import import_module
+    est = import_module("ComfyUI-Cloak.engine.estimate")
+    enc = E.as_ensemble(common.tae("taef2"))
+    print("\n== estimate: the up-front time estimate of a default cloak (100 steps; robustness on, and off at the "
+          "first size; automatic tiles and precision) against the measured time ==")
+    print(f"{'size':>6} {'robust':>6} {'tiles':>5} {'steps run':>9} {'s/step':>8} {'fixed s':>8} {'measured s':>10} "
+          f"{'estimated s':>11} {'est/meas':>8}")
+    for size, robustness in [(size, "on") for size in sizes] + [(sizes[0], "off")]:
+        x, t = images_at(size, ("photo_astronaut",))
+        s = settings(E, precision="auto", robustness=robustness)
+        est._PROBES.clear()  # as a fresh process would: the probe is part of what a first run pays
+        with torch.enable_grad():
+            estimate = E.CloakJob(x, enc, s).plan(free_bytes())
+        probed = est.probe(enc, precision=s.precision)
+        target = E.make_style_target(enc, t, "per_image", E.padder(size, size, enc.multiple))
+        n = steps_at(size)
+        stamps = []
+        with torch.enable_grad():
+            job = E.CloakJob(x, enc, dataclasses.replace(s, steps=n))
+            job.plan(free_bytes())
+            start = time.perf_counter()
+            res = job.run(E.glaze_objectives(enc, target), 0, E.Hooks(on_step=lambda *a: stamps.append(time.perf_counter())))
+            total = time.perf_counter() - start
+        per_step = (stamps[-1] - stamps[0]) / (n - 1)
+        fixed = total - per_step * n
+        measured = fixed + s.steps * per_step
+        print(f"{size:>5}² {robustness:>6} {res.reports[0]['tiles']:>5} {n:>9} {per_step:8.2f} {fixed:8.1f} {measured:10.0f} "
+              f"{estimate.seconds:11.0f} {estimate.seconds / measured:8.2f}   (estimate: {estimate.tiles} tiles, "
+              f"probe {probed.seconds_per_pixel * 1e6:.2f} s/MP per pass)", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------- protection
@@ -243,7 +290,7 @@ def section_batch(E, steps):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default="scale,protection,batch")
+    ap.add_argument("--sections", default="scale,protection,batch,estimate")
     ap.add_argument("--models", default="taef2,sd-arch")
     ap.add_argument("--scale-sizes", default=",".join(map(str, SCALE_SIZES)))
     ap.add_argument("--sizes", default="512,1024")
@@ -251,6 +298,8 @@ def main():
     ap.add_argument("--kinds", default=",".join(kinds_for(0)))
     ap.add_argument("--steps", type=int, default=100, help="steps per cloak in the protection section")
     ap.add_argument("--batch-steps", type=int, default=20)
+    ap.add_argument("--estimate-sizes", default="512,1024,2048")
+    ap.add_argument("--estimate-steps", default="12,8,6", help="steps run per size in the estimate section")
     args = ap.parse_args()
     torch.manual_seed(0)
     E = common.load_host().engine
@@ -265,6 +314,10 @@ def main():
     if "protection" in sections:
         section_protection(E, [int(v) for v in args.sizes.split(",")], args.variants.split(","),
                            args.kinds.split(","), args.steps)
+    if "estimate" in sections:
+        sizes = [int(v) for v in args.estimate_sizes.split(",")]
+        steps = dict(zip(sizes, (int(v) for v in args.estimate_steps.split(","))))
+        section_estimate(E, sizes, lambda size: steps.get(size, 6))
     if "batch" in sections:
         section_batch(E, args.batch_steps)
 

@@ -54,7 +54,7 @@ def run(E, ensemble, x, styles, settings, seed, track_every=5):
     trajs: list = []
     with common.PeakMemory(device) as mem, torch.enable_grad():
         t0 = time.perf_counter()
-        res = E.cloak_images(x, ensemble, make_objective, settings, seed=seed, on_step=on_step)
+        res = E.cloak_images(x, ensemble, make_objective, settings, seed=seed, hooks=E.Hooks(on_step=on_step))
         seconds = time.perf_counter() - t0
     out = {k: sum(r[k] for r in res.reports) / len(res.reports) for k in ("psnr", "ssim", "target_gain")}
     out["gain_jpeg75"] = attacked_gain(E, ensemble, x, res.images, target, lambda y: pil_codec(y, "JPEG", 75))

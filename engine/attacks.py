@@ -32,7 +32,10 @@ import torch
 from . import metrics, transforms as T
 from .budgets import LinfBox
 from .cloak import padder
-from .optimize import Cancelled, optimize
+from .job import glaze_objectives
+from .nightshade import plan_poison
+from .objectives import StyleTarget
+from .optimize import Cancelled, Hooks, Schedule, optimize
 
 Warp = Callable[[torch.Tensor], torch.Tensor]
 
@@ -52,13 +55,15 @@ class AttackContext:
 
     ``autoencode(pixels) -> pixels``  ``D(E(x))``, differentiable; given sides a multiple of ``multiple``;
     ``diffuse(pixels, strength, seed) -> pixels``  noise to ``strength`` (0..1 of the schedule) and denoise;
-    ``should_stop()`` checked between attacks and at every IMPRESS step.
+    ``should_stop()`` checked between attacks and at every IMPRESS step;
+    ``on_attack(done, total, label)`` called as each attack ends (progress).
     """
 
     autoencode: Callable[[torch.Tensor], torch.Tensor] | None = None
     diffuse: Callable[[torch.Tensor, float, int], torch.Tensor] | None = None
     multiple: int = 8
     should_stop: Callable[[], bool] | None = None
+    on_attack: Callable[[int, int, str], None] | None = None
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -114,8 +119,8 @@ def impress(x, steps, ctx, seed):
         return ((recon - pixels) ** 2).flatten(1).mean(1) + IMPRESS_WEIGHT * ((pixels - x) ** 2).flatten(1).mean(1)
 
     with torch.enable_grad():
-        res = optimize(x, loss, LinfBox(IMPRESS_EPS), int(steps), seed=seed, lr=IMPRESS_LR, lr_final=0.01,
-                       should_stop=ctx.should_stop)
+        res = optimize(x, loss, LinfBox(IMPRESS_EPS), Schedule(int(steps), lr=IMPRESS_LR, lr_final=0.01), seed=seed,
+                       hooks=Hooks(should_stop=ctx.should_stop))
     return (x + res.delta).clamp(0, 1), None
 
 
@@ -333,14 +338,29 @@ def report_from_text(text: str) -> dict:
     return json.loads(body)
 
 
+def cloak_objectives(encoder, target, original: torch.Tensor):
+    """``objective_for(i, padded)``: the objectives a cloak was made with, rebuilt from what it pulled toward.
+
+    ``target``: a :class:`engine.objectives.StyleTarget` gives GlazePerturb's objectives
+    (engine.job.glaze_objectives); anchor pixels ``[N, 3, H, W]`` or latents ``[N, C, h, w]`` give
+    NightshadePoison's latent form, with the same anchor pairing (whichever objective the poison was made with).
+    ``original``: the uncloaked images ``[B, 3, H, W]``, already checked; the encoder prepared."""
+    if isinstance(target, StyleTarget):
+        return glaze_objectives(encoder, target)
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target: expected a STYLE_TARGET, an IMAGE or a LATENT, got {type(target).__name__}")
+    padded = padder(*original.shape[-2:], encoder.multiple)(original.float())
+    return plan_poison(encoder, padded, target).objective_factory("latent")
+
+
 def check_survival(original: torch.Tensor, cloaked: torch.Tensor, objective_for: Callable[[int, torch.Tensor], object],
                    attacks: list[Attack], multiple: int = 8, ctx: AttackContext | None = None, seed: int = 0,
-                   title: str = "RobustnessCheck", on_attack: Callable[[int, int, str], None] | None = None) -> SurvivalReport:
+                   title: str = "RobustnessCheck") -> SurvivalReport:
     """Run ``attacks`` on ``cloaked`` (and, paired, on ``original``) and measure what survives.
 
     ``objective_for(i, padded_original_i)`` returns the objective of image i (engine.objectives contract:
     ``distances(pixels, warp) -> [1, M]``); images are padded to ``multiple`` (the encoder's) for it. Attacks whose ``needs`` is not in ``ctx`` are reported as
-    skipped, with the reason. ``on_attack(done, total, label)`` reports progress.
+    skipped, with the reason. ``ctx.on_attack(done, total, label)`` reports progress.
     """
     if original.shape != cloaked.shape:
         raise ValueError(f"original {list(original.shape)} and cloaked {list(cloaked.shape)} must have the same "
@@ -379,11 +399,11 @@ def check_survival(original: torch.Tensor, cloaked: torch.Tensor, objective_for:
             out.images = attacked.cpu()
             out.seconds = time.perf_counter() - start
         outcomes.append(out)
-        if on_attack is not None:
-            on_attack(n + 1, len(attacks), attack.label)
+        if ctx.on_attack is not None:
+            ctx.on_attack(n + 1, len(attacks), attack.label)
     return SurvivalReport(clean, outcomes, title)
 
 
-__all__ = ["AttackContext", "AttackKind", "Attack", "CATALOGUE", "DEFAULT_ATTACKS", "parse_attacks",
+__all__ = ["AttackContext", "cloak_objectives", "AttackKind", "Attack", "CATALOGUE", "DEFAULT_ATTACKS", "parse_attacks",
            "check_survival", "SurvivalReport", "Outcome", "report_from_text", "verdict", "pil_codec",
            "HOLDS", "BROKEN", "MIN_CLEAN_GAIN", "VERDICT_RULE"]

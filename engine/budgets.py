@@ -129,23 +129,23 @@ class Frozen:
     image: a change there is invisible on screen but shows in any viewer that drops alpha, and wastes budget).
 
     ``keep``: ``[B, 1, H, W]`` bool (or 0/1), True where the image may change. Everything else is the inner
-    budget's (its caps are zeroed where frozen, so no step moves those pixels and projection holds them).
+    budget's; its own caps are zero where frozen (so no step moves those pixels), and projection holds them at
+    zero before the inner budget projects (so its PSNR ceiling counts only pixels that may change). The inner
+    budget is left as it was set up.
     """
 
     def __init__(self, inner, keep: torch.Tensor):
         self.inner = inner
         self.keep = keep.to(torch.float32)
-
-    @property
-    def caps(self) -> torch.Tensor | None:
-        return self.inner.caps
+        self.caps: torch.Tensor | None = None
 
     def setup(self, x: torch.Tensor) -> None:
         self.inner.setup(x)
-        self.inner.caps = self.inner.caps * self.keep.to(self.inner.caps.device)
+        self.caps = self.inner.caps * self.keep.to(self.inner.caps.device)
 
     def project(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        return self.inner.project(x, delta) * self.keep.to(delta.device)
+        keep = self.keep.to(delta.device)
+        return self.inner.project(x, delta * keep) * keep
 
     def penalty(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor | None:
         return self.inner.penalty(x, x_adv)

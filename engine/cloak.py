@@ -1,13 +1,13 @@
-"""Cloaking images end to end: presets, padding, one optimisation per image, 8-bit output, report.
-
-Used by GlazePerturb and NightshadePoison alike; only the objective differs. Images are ``[B, 3, H, W]``
-in 0..1 (the nodes convert from ComfyUI's ``[B, H, W, C]``).
+"""What shapes a cloak and what comes out of one: presets and settings, padding, tile sides, the SSIM/PSNR floors,
+the protection rules and the report. The job that runs a cloak is engine.job (GlazePerturb and NightshadePoison
+alike; only the objective differs). Images are ``[B, 3, H, W]`` in 0..1 (the nodes convert from ComfyUI's
+``[B, H, W, C]``).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,13 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from . import metrics
-from .budgets import AdaptiveBudget, Frozen, LinfBox, LpipsBudget, quantize_to_8bit
+from .budgets import AdaptiveBudget, LinfBox, LpipsBudget, quantize_to_8bit
 from .encoders import EncoderEnsemble
-from .optimize import optimize
-from .precision import autocast_members
-from .tiling import AUTO_TILE, DEFAULT_MARGIN, REPORT_MARGIN, TiledEncoder, TiledGradient, plan_tiles
-from .transforms import ROBUSTNESS_LEVELS, WithRoundTrip
-
+from .optimize import Schedule
+from .precision import PASS_PRECISIONS
+from .tiling import AUTO_TILE, DEFAULT_MARGIN
+from .transforms import ROBUSTNESS_LEVELS
 
 
 @dataclass(frozen=True)
@@ -50,6 +49,9 @@ class CloakSettings:
     # precision of the encoder passes inside the optimisation: "fp32", "bf16", "fp16" or "auto" (see
     # engine.precision); the perturbation, its optimiser state, calibration and the report stay float32
     precision: str = "fp32"
+
+    def schedule(self) -> Schedule:
+        return Schedule(self.steps, self.step_rule, self.lr, self.lr_final, self.patience)
 
     def make_budget(self):
         if self.budget == "adaptive":
@@ -96,6 +98,35 @@ def settings_for(intensity: str = "default", render_quality: str = "default", ro
     else:
         raise ValueError(f"unknown intensity {intensity!r}; choose one of {list(INTENSITY) + ['custom']}")
     return CloakSettings(steps=RENDER_QUALITY[render_quality], robustness=robustness, budget=budget, **level)
+
+
+@dataclass(frozen=True)
+class CloakOptions:
+    """The user-facing choices of GlazePerturb and NightshadePoison (their inputs, same names), made into
+    :class:`CloakSettings` once. ``custom_budget`` in 1/255 steps; ``tile_size`` 0 = automatic; ``pass_precision``
+    one of engine.precision.PASS_PRECISIONS."""
+
+    intensity: str = "default"
+    render_quality: str = "default"
+    robustness: str = "on"
+    custom_budget: float = 8
+    budget: str = "adaptive"
+    tile_size: int = 0
+    pass_precision: str = "auto"
+
+    def settings(self) -> CloakSettings:
+        if self.pass_precision not in PASS_PRECISIONS:
+            raise ValueError(f"pass_precision: unknown {self.pass_precision!r}; choose one of {list(PASS_PRECISIONS)}")
+        if self.tile_size and self.tile_size < 64:
+            raise ValueError(f"tile_size: {self.tile_size} px is too small to tile with; use 0 (automatic) or at "
+                             "least 64")
+        base = settings_for(self.intensity, self.render_quality, self.robustness, self.custom_budget / 255,
+                            self.budget)
+        return dataclasses.replace(base, tile=int(self.tile_size), precision=self.pass_precision)
+
+    def describe(self) -> str:
+        return (f"intensity {self.intensity}, render quality {self.render_quality}, robustness {self.robustness}, "
+                f"budget {self.budget}")
 
 
 def check_images(images: torch.Tensor, encoder: EncoderEnsemble, what: str = "image") -> None:
@@ -150,124 +181,10 @@ def tile_side(settings: CloakSettings, h: int, w: int, memory_tile: int | None =
     return side if h * w > side * side else 0
 
 
-def tiled_view(encoder: EncoderEnsemble, side: int, margin: int) -> EncoderEnsemble:
-    """The same ensemble, its members encoding big images tile by tile when no gradient is wanted."""
-    return EncoderEnsemble([TiledEncoder(m, side, margin) for m in encoder.members], encoder.raw_weights)
-
-
 @dataclass
 class CloakResult:
     images: torch.Tensor         # [B, 3, H, W] cloaked, on 8-bit levels
     reports: list[dict]          # one per image: psnr, ssim, target_gain, linf_255, steps, seconds
-
-
-ObjectiveFactory = Callable[[int, torch.Tensor], object]
-
-
-def cloak_images(images: torch.Tensor, encoder: EncoderEnsemble, make_objective: ObjectiveFactory,
-                 settings: CloakSettings, seed: int = 0,
-                 on_progress: Callable[[int, int], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None,
-                 on_step: Callable | None = None, keep: torch.Tensor | None = None,
-                 memory_tile: int | None = None) -> CloakResult:
-    """Cloak each image on its own (seed ``seed + i``), so results do not depend on batch composition.
-
-    ``make_objective(i, padded_image)`` returns the objective for image ``i`` (see engine.objectives).
-    ``on_progress(done, total)`` counts optimisation steps over the whole batch.
-    ``keep`` (optional, ``[B, 1, H, W]`` bool): pixels where it is False are returned exactly as given (e.g. the
-    fully transparent pixels of an RGBA image).
-    ``memory_tile``: the largest tile side the free memory allows (engine.estimate.max_tile_side); big images
-    are cloaked in tiles (engine.tiling, ``settings.tile``), the report says how many.
-    """
-    check_images(images, encoder)
-    if keep is not None and (keep.ndim != 4 or keep.shape[1] != 1 or keep.shape[0] != images.shape[0]
-                             or keep.shape[-2:] != images.shape[-2:]):
-        raise ValueError(f"keep mask {list(keep.shape)} does not fit images {list(images.shape)}: expected "
-                         f"[{images.shape[0]}, 1, {images.shape[-2]}, {images.shape[-1]}]")
-    if hasattr(encoder, "prepare"):
-        encoder.prepare()
-    b, _, h, w = images.shape
-    eot = ROBUSTNESS_LEVELS[settings.robustness]
-    total = b * settings.steps
-    out, reports = [], []
-    for i in range(b):
-        start = time.perf_counter()
-        x = images[i:i + 1].detach().float().cpu()
-        device = encoder.members[0].device
-        x = x.to(device)
-        k_i = None if keep is None else keep[i:i + 1].to(device)
-        done_before = i * settings.steps
-        res, objective, budget, tiles, pad = _optimise_image(
-            x, i, encoder, make_objective, settings, eot, settings.steps, settings.lr, seed + i, k_i, memory_tile,
-            on_progress, on_step, should_stop, done_before, total)
-        steps_run = res.steps_run
-        x_adv = quantize_to_8bit(x, x + res.delta, budget.caps)
-        x_adv, kept = shrink_to_floors(x, x_adv, budget.caps, settings.min_ssim, settings.min_psnr)
-        if keep is not None:  # exactly as given there (rounding to 8-bit levels would move off-grid values)
-            x_adv = torch.where(k_i.bool(), x_adv, x)
-        with torch.no_grad():
-            d0 = getattr(objective, "_d0", None)  # the calibration's distances of the original image
-            gain = metrics.target_gain(objective.distances(pad(x)) if d0 is None else d0,
-                                       objective.distances(pad(x_adv)))
-        reports.append({
-            "psnr": float(metrics.psnr(x_adv, x)[0]),
-            "ssim": float(metrics.ssim(x_adv, x)[0]),
-            "target_gain": float(gain[0]),
-            "linf_255": float((x_adv - x).abs().max() * 255),
-            "steps": steps_run,
-            "floor_scale": kept,
-            "tiles": len(tiles) or 1,
-            "seconds": time.perf_counter() - start,
-        })
-        if on_progress is not None and steps_run < settings.steps:
-            on_progress(done_before + settings.steps, total)
-        out.append(x_adv.cpu())
-    return CloakResult(torch.cat(out, 0), reports)
-
-
-def _optimise_image(x, i, encoder, make_objective, settings, eot, steps, lr, seed, keep, memory_tile,
-               on_progress, on_step, should_stop, done_before, total):
-    """One optimisation of image ``x`` (``[1, 3, H, W]``, on its device): objective, tiles, budget, precision,
-    EOT; returns ``(OptimizeResult, objective, budget, tiles, pad)``."""
-    pad = padder(*x.shape[-2:], encoder.multiple)
-    side = tile_side(settings, *pad(x).shape[-2:], memory_tile, x.device.type)
-    tiles = plan_tiles(*pad(x).shape[-2:], side, settings.margin, encoder.multiple) if side else []
-    objective = make_objective(i, pad(x))
-    if tiles and not hasattr(objective, "region_loss"):
-        logging.info("cloak: %s cannot be tiled; image %d runs whole", type(objective).__name__, i)
-        tiles = []
-    if tiles and hasattr(objective, "encoder"):  # calibration and the report encode tile by tile too
-        objective.encoder = tiled_view(objective.encoder, side, max(settings.margin, REPORT_MARGIN))
-    objective.calibrate(pad(x))
-    budget = settings.make_budget()
-    if keep is not None:
-        budget = Frozen(budget, keep)
-
-    def step_cb(step, steps_, loss, delta):
-        if on_progress is not None:
-            on_progress(done_before + step, total)
-        if on_step is not None:
-            on_step(step, steps_, loss, delta)
-
-    device = x.device
-    calibrated = getattr(objective, "encoder", encoder)
-    fast = autocast_members(calibrated.members, settings.precision, device)
-    if hasattr(objective, "encoder"):
-        objective.encoder = EncoderEnsemble(fast, calibrated.raw_weights)
-    step_eot = eot
-    m_rt = next((m for m in fast if getattr(m, "decode", None) is not None), None)
-    if eot is not None and m_rt is not None and settings.roundtrip_p > 0:
-        # the encoder came with its decoder: also survive a round trip through it (a purification attackers use)
-        step_eot = WithRoundTrip(eot, lambda p, m=m_rt: m.decode(m(p)), settings.roundtrip_p)
-    try:
-        res = optimize(x, objective.loss, budget, steps, seed=seed, transforms=step_eot, view=pad,
-                       step_rule=settings.step_rule, lr=lr, lr_final=settings.lr_final,
-                       patience=settings.patience, on_step=step_cb, should_stop=should_stop,
-                       region_grad=TiledGradient(objective, tiles, should_stop=should_stop) if tiles else None)
-    finally:
-        if hasattr(objective, "encoder"):
-            objective.encoder = calibrated
-    return res, objective, budget, tiles, pad
 
 
 def shrink_to_floors(x: torch.Tensor, x_adv: torch.Tensor, caps: torch.Tensor, min_ssim: float | None,
@@ -351,6 +268,6 @@ def format_report(reports: list[dict], title: str, notes: list[str] | None = Non
     return "\n\n".join(lines)  # blank lines: ComfyUI's Preview Any renders Markdown, which joins single lines
 
 
-__all__ = ["CloakSettings", "INTENSITY", "RENDER_QUALITY", "settings_for", "cloak_images", "CloakResult",
+__all__ = ["CloakSettings", "CloakOptions", "INTENSITY", "RENDER_QUALITY", "settings_for", "CloakResult",
            "reference_settings", "shrink_to_floors", "format_report", "protection_warning", "unprotected_reason",
-           "check_images", "padder", "latent_sizes"]
+           "check_images", "padder", "latent_sizes", "tile_side"]

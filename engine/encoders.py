@@ -20,7 +20,11 @@ class LatentEncoder(Protocol):
     ``name``          a stable identity (used to check a style target was made with this encoder);
     ``multiple``      input sides must be a multiple of this (the spatial downscale factor);
     ``min_size``      the smallest side (pixels) worth encoding;
-    ``device``/``dtype`` where and in which precision the model runs (the perturbation stays float32).
+    ``device``/``dtype`` where and in which precision the model runs (the perturbation stays float32);
+    ``prepare``       None, or called once before a job (e.g. to load the model onto its device);
+    ``decode``        None, or this encoder's matching decoder (latents → pixels 0..1): round-trip EOT draws and
+                      RobustnessCheck's purification use it;
+    ``module``        None, or the network behind the encoder (engine.tiling looks in it for GroupNorm layers).
     """
 
     name: str
@@ -28,6 +32,9 @@ class LatentEncoder(Protocol):
     min_size: int
     device: torch.device
     dtype: torch.dtype
+    prepare: Callable[[], None] | None
+    decode: Callable[[torch.Tensor], torch.Tensor] | None
+    module: torch.nn.Module | None
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
@@ -103,7 +110,7 @@ class EncoderEnsemble:
 
     def prepare(self) -> None:
         for m in self.members:
-            if getattr(m, "prepare", None) is not None:
+            if m.prepare is not None:
                 m.prepare()
 
 

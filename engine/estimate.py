@@ -2,9 +2,16 @@
 refused with a clear message instead of running for minutes and failing (or swapping the machine to a halt).
 
 How: one forward + backward pass of the encoder(s) on a small probe image counts the bytes autograd keeps
-for the backward pass (the activations, which is what grows with the image) and times it. Both scale with the
-number of pixels, so they are measured per pixel and multiplied out for the real image, its padding, the EOT
-draws per step (each keeps its own graph until the gradient is taken) and the steps. Pure torch.
+for the backward pass (the activations, which is what grows with the image), and a pass on a larger one is
+timed. Both scale with the number of pixels, so they are measured per pixel and multiplied out for the real
+image, its padding, its tiles' margins, the EOT draws per step (each keeps its own graph until the gradient is
+taken) and the steps. Pure torch.
+
+The time is calibrated on TAEF2 (bench/bench_scale.py --sections estimate, 2 CPU cores, bf16): a 64² pass costs
+2.3x as much per pixel as a 256² one and misled the estimate (1.8x too long at 512²), so time is probed at 256²,
+where the cost per pixel is that of a 512² pass; a step with robustness on costs 1.5x its encoder passes (the
+whole-image EOT transforms, the decode→encode round-trip draws, the step itself); calibration, the report and the
+SSIM/PSNR floors cost about two steps more.
 
 Tiling (engine.tiling) bounds the pixels per pass: :func:`max_tile_side` is the largest tile the free memory
 allows, and a job is refused (:func:`fits_in_memory`) only when not even a small tile fits beside the whole
@@ -17,8 +24,13 @@ from dataclasses import dataclass
 
 import torch
 
-PROBE_SIDE = 64          # pixels per side of the probe image (rounded up to the encoder's multiple)
+PROBE_SIDE = 64          # pixels per side of the memory probe image (rounded up to the encoder's multiple)
+TIME_PROBE_SIDE = 256    # ... and of the timed one (a 64² pass costs 2.3x as much per pixel: see above)
 OVERHEAD = 1.3           # the transforms' and the optimiser's own tensors, allocator slack
+# time of one step over its encoder passes, with robustness on (EOT: transforms on the whole image, round-trip
+# draws) and off (the step and projection alone); measured on TAEF2 at 512²-2048² (see above)
+STEP_TIME_FACTOR = {True: 1.5, False: 1.0}
+FIXED_STEPS = 2          # calibration, the report and the floors, in steps' worth of passes
 PIXEL_STATE_BYTES = 96   # per pixel: x, δ, momentum, caps, the padded view and the 8-bit copy (float32)
 HEADROOM = 0.9           # use at most this share of the free memory
 
@@ -59,27 +71,58 @@ def format_seconds(s: float) -> str:
     return f"{s / 3600:.1f} h"
 
 
+@dataclass(frozen=True)
+class Passes:
+    """The encoder passes one optimisation step makes: ``eot_samples`` drawn transforms (``eot``; without it the
+    image as it is), plus one on the untouched image when ``clean_pass``; each over the whole image, or in tiles of
+    about ``tile`` px a side with ``margin`` px of context (``tile`` 0: whole)."""
+
+    eot_samples: int = 1
+    clean_pass: bool = False
+    tile: int = 0
+    margin: int = 0
+    eot: bool = True  # transforms are drawn (robustness on/strong); False: robustness off
+
+    @property
+    def per_step(self) -> int:
+        return max(1, int(self.eot_samples)) + (1 if self.clean_pass else 0)
+
+
 _PROBES: dict[tuple, Probe] = {}  # by encoder name (weights fingerprint), device, dtype and probe size
 
 
-def probe(encoder, side: int = PROBE_SIDE, precision: str = "fp32") -> Probe:
-    """Measure ``encoder`` (an EncoderEnsemble) on a grey ``side``² probe (at least its ``min_size``), its passes
-    in ``precision`` (engine.precision); measured once per encoder, device and precision (the cost per pixel does
-    not change between runs)."""
-    from .precision import autocast_members
+def probe(encoder, side: int = PROBE_SIDE, precision: str = "fp32", time_side: int = TIME_PROBE_SIDE) -> Probe:
+    """Measure ``encoder`` (an EncoderEnsemble): the bytes kept for backward on a grey ``side``² probe, the time of
+    a pass on a ``time_side``² one (both at least its ``min_size``), its passes in ``precision``
+    (engine.precision); measured once per encoder, device and precision (the cost per pixel does not change
+    between runs)."""
+    from .precision import autocast_members, resolve
     m = max(1, int(encoder.multiple))
-    side = max(int(side), int(encoder.min_size))
-    side = -(-side // m) * m
+    side, time_side = (-(-max(int(s_), int(encoder.min_size)) // m) * m for s_ in (side, time_side))
     device = encoder.members[0].device
     members = autocast_members(encoder.members, precision, device)
-    key = (encoder.name, str(device), tuple(str(getattr(x, "dtype", "")) for x in encoder.members), side,
-           str(getattr(members[0], "autocast_dtype", "fp32")))
+    key = (encoder.name, str(device), tuple(str(x.dtype) for x in encoder.members), side, time_side,
+           str(resolve(precision, device)))
     if key not in _PROBES:
-        _PROBES[key] = _measure(members, side, device)
+        _PROBES[key] = Probe(_saved_bytes(members, side, device) / side ** 2,
+                             _pass_seconds(members, time_side, device) / time_side ** 2)
     return _PROBES[key]
 
 
-def _measure(members, side: int, device) -> Probe:
+def _pass(members, side: int, device, hook=None) -> float:
+    """Seconds of one forward + backward pass of ``members`` on a grey ``side``² image (``hook``: saved tensors)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        x = torch.full((1, 3, side, side), 0.5, device=device, requires_grad=True)
+        start = time.perf_counter()
+        with torch.autograd.graph.saved_tensors_hooks(hook or (lambda t: t), lambda t: t):
+            total = sum(m_(x).float().pow(2).mean() for m_ in members)
+        torch.autograd.grad(total, x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+
+def _saved_bytes(members, side: int, device) -> float:
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor):
@@ -90,52 +133,47 @@ def _measure(members, side: int, device) -> Probe:
             seen[id(t)] = t.numel() * t.element_size()
         return t
 
-    seconds = 0.0
-    with torch.inference_mode(False), torch.enable_grad():
-        x = torch.full((1, 3, side, side), 0.5, device=device, requires_grad=True)
-        for attempt in range(2):  # the first pass pays one-off costs (allocations, kernel choice): time the second
-            start = time.perf_counter()
-            with torch.autograd.graph.saved_tensors_hooks(pack if attempt == 0 else (lambda t: t), lambda t: t):
-                total = sum(m_(x).float().pow(2).mean() for m_ in members)
-            torch.autograd.grad(total, x)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - start
-    pixels = side * side
-    return Probe(sum(seen.values()) / pixels, seconds / pixels)
+    _pass(members, side, device, pack)
+    return float(sum(seen.values()))
+
+
+def _pass_seconds(members, side: int, device) -> float:
+    """The median of three timed passes after one that pays the one-off costs (allocations, kernel choice): one
+    timed pass varied up to 2x on a shared CPU."""
+    _pass(members, side, device)
+    return sorted(_pass(members, side, device) for _ in range(3))[1]
 
 
 def estimate_cost(probed: Probe, height: int, width: int, images: int, steps: int, multiple: int = 8,
-                  eot_samples: int = 1, clean_pass: bool = False, tile: int = 0,
-                  margin: int = 0) -> CostEstimate:
+                  passes: Passes = Passes()) -> CostEstimate:
     """The cost of cloaking ``images`` images of ``height``×``width`` for ``steps`` steps (images are cloaked one
-    at a time, so memory does not grow with the batch; time does). ``tile`` > 0: in tiles of about that side with
-    ``margin`` px of context (engine.tiling)."""
+    at a time, so memory does not grow with the batch; time does), making ``passes`` per step."""
     from .tiling import plan_tiles
     m = max(1, int(multiple))
     ph, pw = -(-int(height) // m) * m, -(-int(width) // m) * m
     pixels = ph * pw
-    passes = max(1, int(eot_samples)) + (1 if clean_pass else 0)
-    tiles = plan_tiles(ph, pw, tile, margin, m) if tile and pixels > tile * tile else []
+    tile = passes.tile
+    tiles = plan_tiles(ph, pw, tile, passes.margin, m) if tile and pixels > tile * tile else []
     pass_pixels = max((t.crop_pixels for t in tiles), default=pixels)
     work_pixels = sum(t.crop_pixels for t in tiles) or pixels
-    peak = (probed.bytes_per_pixel * passes * pass_pixels + PIXEL_STATE_BYTES * pixels) * OVERHEAD
-    seconds = probed.seconds_per_pixel * work_pixels * passes * int(steps) * int(images)
-    return CostEstimate(peak, seconds, pixels, int(images), int(steps), passes, max(1, len(tiles)))
+    peak = (probed.bytes_per_pixel * passes.per_step * pass_pixels + PIXEL_STATE_BYTES * pixels) * OVERHEAD
+    step = probed.seconds_per_pixel * work_pixels * passes.per_step * STEP_TIME_FACTOR[passes.eot]
+    seconds = step * (int(steps) + FIXED_STEPS) * int(images)
+    return CostEstimate(peak, seconds, pixels, int(images), int(steps), passes.per_step, max(1, len(tiles)))
 
 
-def max_tile_side(probed: Probe, height: int, width: int, free_bytes: float, eot_samples: int = 1,
-                  clean_pass: bool = False, margin: int = 0, multiple: int = 8) -> int:
+def max_tile_side(probed: Probe, height: int, width: int, free_bytes: float, passes: Passes = Passes(),
+                  multiple: int = 8) -> int:
     """The largest tile side (a multiple of ``multiple``, at most the image's longer side) whose pass fits in
-    ``free_bytes`` beside the whole image's own tensors; 0 when not even a 64 px tile fits."""
-    passes = max(1, int(eot_samples)) + (1 if clean_pass else 0)
+    ``free_bytes`` beside the whole image's own tensors, with ``passes.margin`` px of context; 0 when not even a
+    64 px tile fits. (``passes.tile`` is not read: this is what chooses it.)"""
     room = HEADROOM * float(free_bytes) / OVERHEAD - PIXEL_STATE_BYTES * int(height) * int(width)
     if room <= 0:
         return 0
-    crop = (room / max(probed.bytes_per_pixel * passes, 1e-9)) ** 0.5
+    crop = (room / max(probed.bytes_per_pixel * passes.per_step, 1e-9)) ** 0.5
     if crop * crop >= int(height) * int(width):
         return max(int(height), int(width))  # the whole image fits in one pass
-    side = int(crop) - 2 * int(margin)
+    side = int(crop) - 2 * int(passes.margin)
     side = side // max(1, int(multiple)) * max(1, int(multiple))
     return side if side >= 64 else 0
 
@@ -155,5 +193,5 @@ def refusal_message(estimate: CostEstimate, free_bytes: float, height: int, widt
             "a machine with more memory")
 
 
-__all__ = ["Probe", "CostEstimate", "probe", "estimate_cost", "max_tile_side", "fits_in_memory", "refusal_message",
+__all__ = ["Probe", "Passes", "CostEstimate", "probe", "estimate_cost", "max_tile_side", "fits_in_memory", "refusal_message",
            "format_seconds"]

@@ -28,8 +28,10 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .cloak import CloakResult, CloakSettings, check_images, cloak_images, padder
+from .cloak import CloakResult, CloakSettings, check_images
 from .encoders import EncoderEnsemble
+from .job import CloakJob
+from .optimize import Hooks
 from .objectives import EnsembleObjective, LatentMatch, Warp
 from .tiling import no_grad_tiles
 
@@ -111,18 +113,20 @@ class NoiseMatch(EnsembleObjective):
         sq = (pred.float() - target.float()).flatten(1).pow(2).sum(1).view(n, b)
         return sq.mean(0).add(1e-12).sqrt()
 
-    def distances(self, pixels: torch.Tensor, warp: Warp | None = None, draw=None) -> torch.Tensor:
+    def distances(self, pixels: torch.Tensor, warp: Warp | None = None,
+                  encoder: EncoderEnsemble | None = None) -> torch.Tensor:
+        """At fixed draws spread evenly over the schedule, so distances before and after compare."""
         cols = []
-        for k, m in enumerate(self.encoder.members):
+        for k, m in enumerate((encoder or self.encoder).members):
             z = m(pixels)
-            d = draw if draw is not None else self._draw(z.shape, self.eval_draws, None)
-            cols.append(self._member_distance(k, z, warp, d))
+            cols.append(self._member_distance(k, z, warp, self._draw(z.shape, self.eval_draws, None)))
         return torch.stack(cols, dim=1)
 
-    def training_distances(self, pixels: torch.Tensor, warp: Warp | None = None) -> torch.Tensor:
+    def training_distances(self, pixels: torch.Tensor, warp: Warp | None = None,
+                           encoder: EncoderEnsemble | None = None) -> torch.Tensor:
         """Fresh (timestep, noise) draws every call, seeded, for the loss."""
         cols = []
-        for k, m in enumerate(self.encoder.members):
+        for k, m in enumerate((encoder or self.encoder).members):
             z = m(pixels)
             cols.append(self._member_distance(k, z, warp, self._draw(z.shape, self.draws, self.gen)))
         return torch.stack(cols, dim=1)
@@ -207,7 +211,7 @@ class PoisonPlan:
 
     def objective_factory(self, objective: str = "latent", predictor: NoisePredictor | None = None,
                           seed: int = 0, draws: int = 1, eval_draws: int = 4):
-        """``make_objective(i, padded)`` for :func:`engine.cloak.cloak_images`."""
+        """``make_objective(i, padded)`` for :meth:`engine.job.CloakJob.run`."""
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
         if objective == "noise" and predictor is None:
@@ -240,13 +244,11 @@ class PoisonPlan:
         return rows
 
 
-def plan_poison(images: torch.Tensor, encoder: EncoderEnsemble, anchors: torch.Tensor) -> PoisonPlan:
-    """Encode images and anchors (pixels or latents) on the same grid and pair each image with an anchor."""
-    check_images(images, encoder)
-    if hasattr(encoder, "prepare"):
-        encoder.prepare()
-    h, w = images.shape[-2:]
-    padded = padder(h, w, encoder.multiple)(images.float())
+def plan_poison(encoder: EncoderEnsemble, padded: torch.Tensor, anchors: torch.Tensor) -> PoisonPlan:
+    """Encode images and anchors (pixels or latents) on the same grid and pair each image with an anchor.
+
+    ``padded``: the images, already checked and padded to the encoder's multiple (a :class:`CloakJob`'s
+    ``padded()``), the encoder prepared."""
     image_lats = encode(encoder, padded)
     anchor_lats = anchor_latents(encoder, anchors, padded.shape[-2:], [z.shape[-2:] for z in image_lats])
     index, dist = pair_anchors(encoder, image_lats, anchor_lats)
@@ -260,15 +262,20 @@ class PoisonResult:
     checks: list[dict]
 
 
+def poison(job: CloakJob, plan: PoisonPlan, objective: str = "latent", predictor: NoisePredictor | None = None,
+           seed: int = 0, hooks: Hooks = Hooks()) -> PoisonResult:
+    """Run ``job`` with the objectives of ``plan`` (toward each image's anchor), then check where each poisoned
+    latent landed. ``predictor``: the diffusion model, for ``objective="noise"``."""
+    result = job.run(plan.objective_factory(objective, predictor, seed), seed, hooks)
+    return PoisonResult(result, plan, plan.latent_check(result.images, job.pad))
+
+
 def poison_images(images: torch.Tensor, encoder: EncoderEnsemble, anchors: torch.Tensor, settings: CloakSettings,
                   objective: str = "latent", predictor: NoisePredictor | None = None, seed: int = 0,
-                  on_progress=None, should_stop=None, on_step=None, plan: PoisonPlan | None = None) -> PoisonResult:
-    """Poison ``images`` toward ``anchors`` (see the module docstring) with the shared cloak pipeline."""
-    plan = plan or plan_poison(images, encoder, anchors)
-    result = cloak_images(images, encoder, plan.objective_factory(objective, predictor, seed), settings, seed=seed,
-                          on_progress=on_progress, should_stop=should_stop, on_step=on_step)
-    pad = padder(images.shape[-2], images.shape[-1], encoder.multiple)
-    return PoisonResult(result, plan, plan.latent_check(result.images, pad))
+                  hooks: Hooks = Hooks()) -> PoisonResult:
+    """Poison ``images`` toward ``anchors`` (see the module docstring): the same job NightshadePoison runs."""
+    job = CloakJob(images, encoder, settings)
+    return poison(job, plan_poison(job.encoder, job.padded(), anchors), objective, predictor, seed, hooks)
 
 
 def format_pairing(checks: list[dict], anchors: int) -> str:

@@ -1,12 +1,20 @@
 """Objectives: what "moving the encoder's view" means, as small callables over encoded pixels.
 
-Every objective here follows one contract, used by :func:`engine.optimize.optimize`:
+Every objective here follows one contract (:class:`EnsembleObjective`), used by engine.job and
+:func:`engine.optimize.optimize`:
 
 ``calibrate(pixels)``     remember the distance of the *unperturbed* (padded) image, per image and member;
+``start``                 those distances, ``[B, M]`` (what a target gain is measured from);
 ``loss(pixels, warp)``    ``[B]`` normalised loss, 1.0 at the start, differentiable in ``pixels``;
                           ``warp`` (optional) maps target latents through the same geometric change
                           an Expectation-over-Transformation draw applied to the pixels;
-``distances(pixels)``     ``[B, M]`` raw distance to the target for each ensemble member (metrics).
+``distances(pixels)``     ``[B, M]`` raw distance to the target for each ensemble member (metrics);
+``tileable``              True when the loss is a sum over latent positions, so engine.tiling can compute it
+                          tile by tile: then ``region_loss`` and ``warped_targets`` work too.
+
+Each method takes an optional ``encoder=``: the ensemble whose passes to use (the same members, wrapped to
+encode in tiles or under autocast: engine.job passes those in); without it, the ensemble the objective was
+made with. The objective itself is never changed by a run.
 
 Pixels are ``[B, 3, H, W]`` in 0..1 with sides a multiple of the encoder's ``multiple``.
 """
@@ -122,31 +130,54 @@ def check_channels(target_channels: int, encoder_channels: int, encoder_name: st
 class EnsembleObjective:
     """Shared mechanics: per-member distances, normalisation by the start distance, weights."""
 
+    tileable = False  # a sum over latent positions (region_loss works): see engine.tiling
+
     def __init__(self, encoder: EncoderEnsemble):
         self.encoder = encoder
-        self._d0: torch.Tensor | None = None
+        self._start: torch.Tensor | None = None
 
     def member_distance(self, k: int, z: torch.Tensor, warp: Warp | None) -> torch.Tensor:
         raise NotImplementedError
 
-    def distances(self, pixels: torch.Tensor, warp: Warp | None = None) -> torch.Tensor:
-        cols = [self.member_distance(k, m(pixels), warp) for k, m in enumerate(self.encoder.members)]
+    def distances(self, pixels: torch.Tensor, warp: Warp | None = None,
+                  encoder: EncoderEnsemble | None = None) -> torch.Tensor:
+        members = (encoder or self.encoder).members
+        cols = [self.member_distance(k, m(pixels), warp) for k, m in enumerate(members)]
         return torch.stack(cols, dim=1)
 
-    def training_distances(self, pixels: torch.Tensor, warp: Warp | None = None) -> torch.Tensor:
+    def training_distances(self, pixels: torch.Tensor, warp: Warp | None = None,
+                           encoder: EncoderEnsemble | None = None) -> torch.Tensor:
         """The distances the loss uses (the same as ``distances`` unless an objective samples, e.g. timesteps)."""
-        return self.distances(pixels, warp)
+        return self.distances(pixels, warp, encoder)
 
-    def calibrate(self, pixels: torch.Tensor) -> None:
+    def calibrate(self, pixels: torch.Tensor, encoder: EncoderEnsemble | None = None) -> None:
         with torch.no_grad():
-            self._d0 = self.distances(pixels).clamp_min(1e-8)
+            self._start = self.distances(pixels, encoder=encoder).clamp_min(1e-8)
 
-    def loss(self, pixels: torch.Tensor, warp: Warp | None = None) -> torch.Tensor:
-        if self._d0 is None:
-            raise RuntimeError("call calibrate(original_pixels) before loss()")
-        d = self.training_distances(pixels, warp)
+    def set_start(self, start: torch.Tensor) -> None:
+        """Use known start distances ``[B, M]`` instead of calibrating (e.g. timing benches)."""
+        self._start = start.clamp_min(1e-8)
+
+    @property
+    def start(self) -> torch.Tensor:
+        """The calibrated distances of the original image, ``[B, M]``."""
+        if self._start is None:
+            raise RuntimeError(f"{type(self).__name__}: call calibrate(original_pixels) first")
+        return self._start
+
+    def loss(self, pixels: torch.Tensor, warp: Warp | None = None,
+             encoder: EncoderEnsemble | None = None) -> torch.Tensor:
+        d = self.training_distances(pixels, warp, encoder)
         w = torch.tensor(self.encoder.weights, device=d.device)
-        return ((d / self._d0.to(d.device)) ** 2 * w).sum(1)
+        return ((d / self.start.to(d.device)) ** 2 * w).sum(1)
+
+    def region_loss(self, pixels: torch.Tensor, warp: Warp | None, tile, targets=None,
+                    encoder: EncoderEnsemble | None = None) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} is not a sum over latent positions; it cannot be tiled")
+
+    def warped_targets(self, warp: Warp, batch: int, device) -> list[torch.Tensor] | None:
+        """The whole-image target latents moved by an EOT draw's ``warp`` (tileable objectives)."""
+        raise NotImplementedError(f"{type(self).__name__} has no target latents to warp")
 
 
 class LatentMatch(EnsembleObjective):
@@ -173,17 +204,19 @@ class LatentMatch(EnsembleObjective):
             raise ValueError(f"target latent {list(t.shape)} does not fit the image latent {list(z.shape)}")
         return (z - t).flatten(1).norm(dim=1)
 
+    tileable = True
+
     def region_loss(self, pixels: torch.Tensor, warp: Warp | None, tile,
-                    targets: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+                    targets: Sequence[torch.Tensor] | None = None,
+                    encoder: EncoderEnsemble | None = None) -> torch.Tensor:
         """This loss's share from one tile (engine.tiling): ``pixels`` is the tile's crop (core + margin) of the
         padded image, scored on the core's latents only. The shares of all tiles sum to :meth:`loss`, since the
         squared distance is a sum over latent positions. ``targets`` (optional): whole-image target latents to
         use instead of this objective's (e.g. warped with the whole image by an EOT draw); ``warp`` (optional)
         warps the tile's own target crop."""
-        if self._d0 is None:
-            raise RuntimeError("call calibrate(original_pixels) before region_loss()")
+        start = self.start
         total = 0.0
-        for k, m in enumerate(self.encoder.members):
+        for k, m in enumerate((encoder or self.encoder).members):
             z = m(pixels)
             s = pixels.shape[-2] // z.shape[-2]
             t = (self.targets if targets is None else targets)[k].to(z.device)
@@ -195,8 +228,11 @@ class LatentMatch(EnsembleObjective):
             core = (..., slice((tile.y0 - tile.cy0) // s, (tile.y1 - tile.cy0) // s),
                     slice((tile.x0 - tile.cx0) // s, (tile.x1 - tile.cx0) // s))
             sq = (z[core] - t[core]).pow(2).flatten(1).sum(1)
-            total = total + self.encoder.weights[k] * sq / self._d0[:, k].to(z.device) ** 2
+            total = total + self.encoder.weights[k] * sq / start[:, k].to(z.device) ** 2
         return total
+
+    def warped_targets(self, warp: Warp, batch: int, device) -> list[torch.Tensor]:
+        return [warp(t.to(device).expand(batch, *t.shape[1:])) for t in self.targets]
 
 
 class LatentStyleStats(EnsembleObjective):

@@ -28,45 +28,72 @@ class OptimizeResult:
 STEP_RULES = ("adam", "l2", "sign")
 
 
-def optimize(
-    x: torch.Tensor,
-    loss_fn: Callable[..., torch.Tensor],
-    budget,
-    steps: int,
-    *,
-    seed: int = 0,
-    transforms: Callable | None = None,
-    view: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    step_rule: str = "adam",
-    lr: float = 0.25,
-    lr_final: float = 0.01,
-    patience: int = 0,
-    min_rel_improvement: float = 1e-3,
-    on_step: Callable[[int, int, float, torch.Tensor], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    region_grad: Callable | None = None,
-) -> OptimizeResult:
-    """Optimise a perturbation of ``x`` (``[B, 3, H, W]`` in 0..1).
+@dataclass(frozen=True)
+class Schedule:
+    """How the loop steps.
 
-    ``loss_fn(pixels, warp) -> [B]``  per-image loss to minimise (see engine.objectives);
-    ``budget``            has ``setup(x)``, ``caps`` (per-pixel step scale), ``project(x, δ)``, ``penalty``;
-    ``transforms(pixels, generator) -> (pixels, warp)``  an EOT draw; ``samples`` attribute = draws/step;
-    ``view``              applied to ``x + δ`` before transforms (e.g. padding to the encoder's multiple);
+    ``steps``             optimisation steps;
     ``step_rule``         "adam": Adam moments, step ``lr·caps`` decaying (cosine) to ``lr_final·caps``;
                           "l2": momentum on the gradient normalised per image in budget units (steepest
                           descent for an L2 budget), same schedule;
                           "sign": signed gradient, step decaying linearly from ``lr·caps`` to 1/100 of it
                           (PhotoGuard's schedule);
     ``patience``          stop when the smoothed loss has not improved by ``min_rel_improvement`` for
-                          this many steps (0: never stop early);
-    ``on_step(step, steps, loss, δ)`` progress callback; ``should_stop()`` checked every step;
-    ``region_grad``       (optional, engine.tiling.TiledGradient) computes the loss's gradient on ``view(x + δ)``
-                          tile by tile, in bounded memory, instead of ``loss_fn`` on the whole image.
+                          this many steps (0: never stop early).
     """
-    if step_rule not in STEP_RULES:
-        raise ValueError(f"unknown step rule {step_rule!r}; choose one of {STEP_RULES}")
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
+
+    steps: int
+    step_rule: str = "adam"
+    lr: float = 0.25
+    lr_final: float = 0.01
+    patience: int = 0
+    min_rel_improvement: float = 1e-3
+
+    def __post_init__(self):
+        if self.step_rule not in STEP_RULES:
+            raise ValueError(f"unknown step rule {self.step_rule!r}; choose one of {STEP_RULES}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What a host hears and says during a run: ``on_progress(done, total)`` over a whole batch's steps (a
+    progress bar), ``should_stop()`` checked every step and between tiles (Cancel), ``on_step(step, steps, loss,
+    δ)`` per step of one image (benches, traces)."""
+
+    on_progress: Callable[[int, int], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    on_step: Callable[[int, int, float, torch.Tensor], None] | None = None
+
+
+def optimize(
+    x: torch.Tensor,
+    loss_fn: Callable[..., torch.Tensor],
+    budget,
+    schedule: Schedule,
+    *,
+    seed: int = 0,
+    transforms: Callable | None = None,
+    view: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    hooks: Hooks = Hooks(),
+) -> OptimizeResult:
+    """Optimise a perturbation of ``x`` (``[B, 3, H, W]`` in 0..1) for ``schedule.steps`` steps.
+
+    ``loss_fn(pixels, warp) -> [B]``  per-image loss to minimise (see engine.objectives); or an
+                          engine.tiling.TiledGradient, which computes the loss's gradient on ``view(x + δ)``
+                          tile by tile, in bounded memory, instead of the loss on the whole image;
+    ``budget``            has ``setup(x)``, ``caps`` (per-pixel step scale), ``project(x, δ)``, ``penalty``;
+    ``transforms(pixels, generator) -> (pixels, warp)``  an EOT draw; ``samples`` attribute = draws/step;
+    ``view``              applied to ``x + δ`` before transforms (e.g. padding to the encoder's multiple);
+    ``hooks``             ``on_step`` after every step, ``should_stop`` before it (raises :class:`Cancelled`).
+    """
+    from .tiling import TiledGradient
+
+    region_grad = loss_fn if isinstance(loss_fn, TiledGradient) else None
+    steps, step_rule, lr, lr_final = schedule.steps, schedule.step_rule, schedule.lr, schedule.lr_final
+    patience, min_rel_improvement = schedule.patience, schedule.min_rel_improvement
+    on_step, should_stop = hooks.on_step, hooks.should_stop
     x = x.detach().float()
     budget.setup(x)
     caps = budget.caps

@@ -1,4 +1,6 @@
-"""Precision of the encoder passes inside a cloak's optimisation.
+"""Every dtype rule of the pack: the precision of the encoder passes inside a cloak's optimisation (pass
+precision, autocast) and the dtype an encoder's weights are kept in (weight dtype, LoadVAEEncoder's
+``precision``).
 
 Autocast runs the encoder's convolutions in bfloat16 (or float16 on GPUs without bf16) while the perturbation,
 its optimiser state, the budget's projection, calibration and the final report stay float32. On a CPU with
@@ -12,7 +14,19 @@ import functools
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PASS_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# LoadVAEEncoder's choices for the weights; auto: the model's own dtype (see weight_dtype)
+WEIGHT_DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def weight_dtype(choice: str, own: torch.dtype, device: torch.device | str) -> torch.dtype:
+    """The dtype an encoder's (or autoencoder's) weights are kept in for a ``choice`` of WEIGHT_DTYPES (``auto``:
+    ``own``, the model's own); fp16 falls back to fp32 on a CPU, where fp16 convolutions are not implemented on
+    every build."""
+    if choice not in WEIGHT_DTYPES:
+        raise ValueError(f"unknown precision {choice!r}; choose one of {list(WEIGHT_DTYPES)}")
+    dtype = WEIGHT_DTYPES[choice] or own
+    return torch.float32 if torch.device(device).type == "cpu" and dtype == torch.float16 else dtype
 
 
 @functools.lru_cache(maxsize=None)
@@ -28,8 +42,8 @@ def cpu_has_fast_bf16() -> bool:
 
 def resolve(precision: str, device: torch.device | str) -> torch.dtype:
     """The dtype the encoder passes use for ``precision`` on ``device`` (float32 = no autocast)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    if precision not in PASS_PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {PASS_PRECISIONS}")
     device = torch.device(device)
     if precision == "fp32" or device.type not in ("cpu", "cuda"):
         return torch.float32
@@ -70,7 +84,7 @@ class Autocast:
     @property
     def decode(self):
         """The member's decoder (for EOT round-trip draws), autocast the same way; None when it has none."""
-        inner = getattr(self.member, "decode", None)
+        inner = self.member.decode
         if inner is None:
             return None
 
@@ -90,4 +104,4 @@ def autocast_members(members: list, precision: str, device) -> list:
     return [Autocast(m, dtype) for m in members]
 
 
-__all__ = ["PRECISIONS", "resolve", "precision_context", "cpu_has_fast_bf16", "Autocast", "autocast_members"]
+__all__ = ["PASS_PRECISIONS", "WEIGHT_DTYPES", "weight_dtype", "resolve", "precision_context", "cpu_has_fast_bf16", "Autocast", "autocast_members"]

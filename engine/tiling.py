@@ -12,7 +12,7 @@ keeps a cosine of 0.92-0.96 with the whole image's under every EOT draw, and a c
 2-5 % of a whole one (bench/bench_scale.py, protection section). The round trip through a decoder, which cannot
 run on a 4096² image at once, is drawn tile by tile (its gradient agrees less: cosine about 0.3-0.4).
 
-This needs an objective whose loss is a sum over latent positions (``region_loss``): the latent match of Glaze
+This needs an objective whose loss is a sum over latent positions (``tileable``, with ``region_loss``): the latent match of Glaze
 and of Nightshade's latent form. Other objectives (latent style statistics, the noise match through a
 diffusion model) run untiled, within the up-front memory check of engine.estimate.
 
@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from .transforms import WithRoundTrip
 
 JPEG_BLOCK = 16   # tile offsets on multiples of this keep JPEG's 8×8 blocks (and 2×2 chroma) where a whole image has them
 # pixels of context around each tile. The gradient's tiles use DEFAULT_MARGIN: on TAEF2, 32 px gave a cloak within
@@ -136,7 +138,7 @@ class TiledEncoder:
         if torch.is_grad_enabled() or h * w <= (self.tile + 2 * self.margin) ** 2:
             return self.member(pixels)
         tiles = plan_tiles(h, w, self.tile, self.margin, self.member.multiple)
-        split = split_at_norms(getattr(self.member, "module", None))
+        split = split_at_norms(self.member.module)
         if split is not None:  # local head in tiles, the GroupNorm tail on the whole (small) feature map: exact
             head, tail = split
             with torch.no_grad():
@@ -149,7 +151,7 @@ class TiledEncoder:
 
 def no_grad_tiles(member) -> "TiledEncoder":
     """``member`` encoding big images in tiles (without gradients): for targets, anchors, calibration."""
-    device_type = torch.device(getattr(member, "device", "cpu")).type
+    device_type = torch.device(member.device).type
     return TiledEncoder(member, AUTO_TILE.get(device_type, AUTO_TILE["cpu"]), REPORT_MARGIN)
 
 
@@ -183,10 +185,10 @@ class TiledGradient:
     for crops) target; a decode→encode round-trip draw runs inside each tile.
     """
 
-    def __init__(self, objective, tiles: list[Tile], should_stop: Callable[[], bool] | None = None):
-        if not hasattr(objective, "region_loss"):
+    def __init__(self, objective, tiles: list[Tile], encoder=None, should_stop: Callable[[], bool] | None = None):
+        if not objective.tileable:
             raise ValueError(f"{type(objective).__name__} is not a sum over latent positions; it cannot be tiled")
-        self.objective, self.tiles = objective, tiles
+        self.objective, self.tiles, self.encoder = objective, tiles, encoder  # encoder: the passes to use
         self.should_stop = should_stop  # checked between tiles, so Cancel need not wait for a whole big step
 
     def __call__(self, seen: torch.Tensor, transforms, gen: torch.Generator, samples: int,
@@ -205,9 +207,9 @@ class TiledGradient:
         encoder passes tiled; the round trip through a decoder, which cannot run whole, runs tile by tile."""
         if transforms is None:
             return self._tiles(seen, None, weight, grad)
-        autoencode = getattr(transforms, "autoencode", None)
-        if autoencode is not None:
+        if isinstance(transforms, WithRoundTrip):
             if torch.rand((), generator=gen).item() < transforms.p:
+                autoencode = transforms.autoencode
                 return self._tiles(seen, None, weight, grad, per_tile=lambda c: autoencode(c).clamp(0, 1))
             transforms = transforms.eot
         src = seen.detach().requires_grad_(True)
@@ -222,10 +224,8 @@ class TiledGradient:
         return value
 
     def _tiles(self, image, warp, weight, grad, per_tile=None) -> float:
-        targets = None
-        if warp is not None:  # the draw moved the whole image: move the whole target latents with it
-            targets = [warp(t.to(image.device).expand(image.shape[0], *t.shape[1:]))
-                       for t in self.objective.targets]
+        # the draw moved the whole image: move the whole target latents with it
+        targets = None if warp is None else self.objective.warped_targets(warp, image.shape[0], image.device)
         total = 0.0
         for t in self.tiles:
             if self.should_stop is not None and self.should_stop():
@@ -233,7 +233,7 @@ class TiledGradient:
                 raise Cancelled("cancelled between tiles")
             crop = image[..., t.cy0:t.cy1, t.cx0:t.cx1].detach().requires_grad_(True)
             view = per_tile(crop) if per_tile is not None else crop
-            loss = self.objective.region_loss(view, None, t, targets=targets).sum() * weight
+            loss = self.objective.region_loss(view, None, t, targets=targets, encoder=self.encoder).sum() * weight
             (gc,) = torch.autograd.grad(loss, crop)
             grad[..., t.cy0:t.cy1, t.cx0:t.cx1] += gc
             total += float(loss.detach())

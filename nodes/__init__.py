@@ -1,14 +1,11 @@
-"""ComfyUI adapters of the pack: schema + one engine call each."""
-from .encoder_nodes import LoadVAEEncoder, StyleTargetLatents
-from .glaze_nodes import GlazePerturb
-from .robustness_nodes import RobustnessCheck
-from .nightshade_nodes import NightshadePoison
-from .dataset_nodes import SavePoisonDataset
-from .portfolio_nodes import LoadArtworkFolder, SaveCloakedFolder
+"""ComfyUI adapters of the pack: schema + one engine call each. Node files import the engine, the shared
+schema (schema.py), the ComfyUI glue (comfy_adapters.py) and the file rules (files.py), never each other."""
+from . import (dataset_nodes, encoder_nodes, glaze_nodes, nightshade_nodes, portfolio_nodes, robustness_nodes,
+               scoring_nodes)
 from .sample_files import install_into_comfy_input
-from .scoring_nodes import StyleMimicryScore
 
 install_into_comfy_input()  # the example workflows' images, into ComfyUI's input folder when missing
 
-NODES = [LoadVAEEncoder, StyleTargetLatents, GlazePerturb, RobustnessCheck, NightshadePoison, SavePoisonDataset,
-         LoadArtworkFolder, SaveCloakedFolder, StyleMimicryScore]
+NODES = [encoder_nodes.LoadVAEEncoder, encoder_nodes.StyleTargetLatents, glaze_nodes.GlazePerturb,
+         robustness_nodes.RobustnessCheck, nightshade_nodes.NightshadePoison, dataset_nodes.SavePoisonDataset,
+         portfolio_nodes.LoadArtworkFolder, portfolio_nodes.SaveCloakedFolder, scoring_nodes.StyleMimicryScore]

@@ -1,8 +1,10 @@
-"""The thin glue between ComfyUI objects and the engine: VAEs as encoders, IMAGE layout, progress, Cancel."""
+"""The thin glue between ComfyUI objects and the engine: VAEs as encoders, IMAGE layout, progress, Cancel, free
+memory, and the start of a cloak job (engine.job) from node inputs."""
 from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 
 import torch
 
@@ -10,21 +12,25 @@ import comfy.model_management as mm
 import comfy.utils
 
 from ..engine import Cancelled, CallableEncoder
-from ..engine.encoders import fingerprint, tae_encoder
+from ..engine.encoders import EncoderEnsemble, fingerprint, tae_encoder
+from ..engine.job import CloakJob
+from ..engine.optimize import Hooks
+from ..engine.precision import weight_dtype
 
-PRECISIONS = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _DECODER_PARTS = ("decoder", "taesd_decoder", "post_quant_conv")
 
 
-def vae_encoder(vae, precision: str = "auto") -> CallableEncoder:
-    """A differentiable encoder of *mean* latents from a ComfyUI ``VAE`` (SD1.x/SDXL/SD3/FLUX KL VAEs, TAESD).
+def vae_encoder(vae, precision: str = "auto", keep_decoder: bool = False) -> CallableEncoder:
+    """A differentiable encoder of *mean* latents from a ComfyUI ``VAE`` (SD1.x/SDXL/SD3/FLUX KL VAEs, TAESD);
+    the pack's one VAE adapter.
 
-    The encoder half is copied (decoder left out) outside inference mode, so gradients can flow to the
-    pixels without touching the VAE that ComfyUI shares with the rest of the graph. Latents are in the
-    same space as ComfyUI's VAE Encode (so a LATENT from VAE Encode can serve as a target).
+    The encoder half is copied (decoder left out, unless ``keep_decoder``: then ``decode`` is set too, for
+    RobustnessCheck's round trip and IMPRESS) outside inference mode, so gradients can flow to the pixels without
+    touching the VAE that ComfyUI shares with the rest of the graph. Latents are in the same space as ComfyUI's
+    VAE Encode (so a LATENT from VAE Encode can serve as a target). ``precision``: engine.precision.WEIGHT_DTYPES.
     """
     model = getattr(vae, "first_stage_model", None)
-    if model is None or not hasattr(model, "encode"):
+    if model is None or not hasattr(model, "encode") or (keep_decoder and not hasattr(model, "decode")):
         raise ValueError(f"expected a VAE from Load Checkpoint or VAE Loader, got {type(vae).__name__}")
     ratio = getattr(vae, "downscale_ratio", 8)
     if type(model).__name__ == "PixelspaceConversionVAE" or ratio == 1:
@@ -35,8 +41,9 @@ def vae_encoder(vae, precision: str = "auto") -> CallableEncoder:
         raise ValueError("this VAE is a video or audio VAE; cloaking needs an image VAE "
                          "(SD1.x, SDXL, SD3, FLUX or a TAESD)")
     device = mm.get_torch_device()
-    dtype = encoder_dtype(precision, vae.vae_dtype, device)
-    memo = {id(getattr(model, part)): None for part in _DECODER_PARTS if getattr(model, part, None) is not None}
+    dtype = weight_dtype(precision, vae.vae_dtype, device)
+    memo = {} if keep_decoder else {id(getattr(model, part)): None for part in _DECODER_PARTS
+                                    if getattr(model, part, None) is not None}
     with torch.inference_mode(False):
         encoder = copy.deepcopy(model, memo).to(dtype=dtype).eval().requires_grad_(False)
     size = sum(p.numel() * p.element_size() for p in encoder.parameters())
@@ -50,8 +57,11 @@ def vae_encoder(vae, precision: str = "auto") -> CallableEncoder:
     def encode(pixels):
         return encoder.encode(process_input(pixels))
 
+    def decode(z):
+        return vae.process_output(encoder.decode(z.to(device, dtype))).float()
+
     return CallableEncoder(fn=encode, name=name, multiple=ratio, min_size=max(32, 4 * ratio),
-                           device=device, dtype=dtype, prepare=prepare)
+                           device=device, dtype=dtype, prepare=prepare, decode=decode if keep_decoder else None)
 
 
 def tae_encoder_files() -> list[str]:
@@ -66,16 +76,7 @@ def tae_file_encoder(path: str, precision: str = "auto") -> CallableEncoder:
     on a GPU (these models were trained for fp16)."""
     device = mm.get_torch_device()
     with torch.inference_mode(False):
-        return tae_encoder(path, device, encoder_dtype(precision, torch.float16, device))
-
-
-def encoder_dtype(precision: str, auto: torch.dtype, device: torch.device) -> torch.dtype:
-    """The encoder's dtype for a ``precision`` choice (``auto``: ``auto``); fp16 falls back to fp32 on a CPU,
-    where fp16 convolutions are not implemented on every build."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
-    dtype = PRECISIONS[precision] or auto
-    return torch.float32 if device.type == "cpu" and dtype == torch.float16 else dtype
+        return tae_encoder(path, device, weight_dtype(precision, torch.float16, device))
 
 
 def image_to_engine(image, what: str = "image") -> torch.Tensor:
@@ -133,11 +134,41 @@ def grad_work():
         raise
 
 
-def progress_callbacks(total_hint: int):
-    """``(on_progress, should_stop)`` for the engine, driving ComfyUI's progress bar and Cancel."""
-    bar = comfy.utils.ProgressBar(total_hint)
+def anchor_to_engine(anchor) -> torch.Tensor:
+    """NightshadePoison's anchor (and RobustnessCheck's target): IMAGE ``[N, H, W, C]`` → pixels ``[N, 3, H, W]``;
+    LATENT → its samples ``[N, C, h, w]``."""
+    if isinstance(anchor, dict):
+        samples = anchor.get("samples")
+        if not isinstance(samples, torch.Tensor) or samples.ndim != 4 or samples.shape[0] == 0:
+            got = list(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
+            raise ValueError(f"anchor: expected an image LATENT batch [B, C, h, w], got {got}")
+        with torch.inference_mode(False):
+            return samples.float().clone()
+    return image_to_engine(anchor, "anchor")
+
+
+def planned_job(pixels: torch.Tensor, alpha: torch.Tensor | None, encoder: EncoderEnsemble, settings,
+                title: str) -> CloakJob:
+    """A cloak job for engine ``pixels`` (with the IMAGE's ``alpha``: fully transparent pixels stay as they are),
+    planned against the free memory of the encoder's device once the encoder is loaded; the estimate is logged,
+    and a job that cannot fit is refused (ValueError) before any work."""
+    job = CloakJob(pixels, encoder, settings, keep=None if alpha is None else alpha > 0)
+    free = mm.get_free_memory(job.device)
+    with grad_work():
+        estimate = job.plan(free)
+    logging.info("%s: %s; %.2f GiB free on %s", title, estimate.describe(), free / 2**30, job.device)
+    return job
+
+
+def alpha_notes(alpha: torch.Tensor | None) -> list[str]:
+    return [] if alpha is None else ["alpha kept; fully transparent pixels left unchanged"]
+
+
+def job_hooks(job: CloakJob) -> Hooks:
+    """ComfyUI's progress bar over the job's steps and its Cancel."""
+    bar = comfy.utils.ProgressBar(job.images.shape[0] * job.settings.steps)
 
     def on_progress(done, total):
         bar.update_absolute(done, total)
 
-    return on_progress, mm.processing_interrupted
+    return Hooks(on_progress=on_progress, should_stop=mm.processing_interrupted)

@@ -11,8 +11,9 @@ from comfy_api.latest import io
 from ..engine import EncoderEnsemble, as_ensemble, make_style_target, padder, style_target_from_latents
 from ..engine.cloak import check_images
 from ..engine.objectives import TARGET_MODES, check_channels
-from .cloak_types import CloakEncoder, StyleTarget
-from .comfy_adapters import PRECISIONS, image_to_engine, tae_encoder_files, tae_file_encoder, vae_encoder
+from ..engine.precision import WEIGHT_DTYPES
+from .comfy_adapters import image_to_engine, tae_encoder_files, tae_file_encoder, vae_encoder
+from .schema import CloakEncoder, StyleTarget
 
 
 class LoadVAEEncoder(io.ComfyNode):
@@ -32,7 +33,7 @@ class LoadVAEEncoder(io.ComfyNode):
                                default="none",
                                tooltip="Load a VAE file from models/vae instead (only its encoder is kept). "
                                        "Used only when no vae is connected."),
-                io.Combo.Input("precision", options=list(PRECISIONS), default="auto",
+                io.Combo.Input("precision", options=list(WEIGHT_DTYPES), default="auto",
                                tooltip="Precision of the encoder. auto: the VAE's own. fp32 is slowest and "
                                        "most exact; fp16/bf16 save memory on GPUs. The cloak itself is "
                                        "always computed in fp32."),

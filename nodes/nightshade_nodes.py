@@ -12,11 +12,11 @@ import torch
 import comfy.samplers
 from comfy_api.latest import io
 
-from ..engine import as_ensemble, padder
-from ..engine.nightshade import OBJECTIVES, NoisePredictor, format_pairing, plan_poison
-from .cloak_types import CloakEncoder
-from .comfy_adapters import grad_work, image_to_engine
-from .glaze_nodes import check_cost, cloak_inputs, cloak_settings, run_cloak, scale_inputs
+from ..engine import CloakOptions, as_ensemble
+from ..engine.nightshade import OBJECTIVES, NoisePredictor, format_pairing, plan_poison, poison
+from .comfy_adapters import (alpha_notes, anchor_to_engine, grad_work, image_alpha, image_to_comfy, image_to_engine,
+                             job_hooks, perturbation_preview, planned_job)
+from .schema import CloakEncoder, cloak_inputs, scale_inputs
 
 NOISE_WIRING = ("objective 'noise' needs the diffusion model: connect 'model' (MODEL from Load Checkpoint) and "
                 "'positive' (CONDITIONING from CLIP Text Encode of the caption), or choose objective 'latent'")
@@ -35,18 +35,6 @@ def captions_for(caption: str, count: int) -> list[str]:
         raise ValueError(f"caption has {len(lines)} lines for {count} images: give one line for all images "
                          "or exactly one line per image")
     return lines
-
-
-def anchor_to_engine(anchor) -> torch.Tensor:
-    """IMAGE ``[N, H, W, C]`` → pixels ``[N, 3, H, W]``; LATENT → its samples ``[N, C, h, w]``."""
-    if isinstance(anchor, dict):
-        samples = anchor.get("samples")
-        if not isinstance(samples, torch.Tensor) or samples.ndim != 4 or samples.shape[0] == 0:
-            got = list(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
-            raise ValueError(f"anchor: expected an image LATENT batch [B, C, h, w], got {got}")
-        with torch.inference_mode(False):
-            return samples.float().clone()
-    return image_to_engine(anchor, "anchor")
 
 
 def _fresh_copy(weight):
@@ -173,27 +161,25 @@ class NightshadePoison(io.ComfyNode):
                 budget, objective, model=None, positive=None, tile_size=0, pass_precision="auto") -> io.NodeOutput:
         if objective == "noise" and (model is None or positive is None):
             raise ValueError(NOISE_WIRING)
+        options = CloakOptions(intensity, render_quality, robustness, custom_budget, budget, tile_size, pass_precision)
         ensemble = as_ensemble(encoder)
-        pixels = image_to_engine(image)
+        pixels, alpha = image_to_engine(image), image_alpha(image)
         captions = captions_for(caption, pixels.shape[0])
-        settings = cloak_settings(intensity, render_quality, robustness, custom_budget, budget, tile_size,
-                                  pass_precision)
-        estimate = check_cost(pixels, ensemble, settings, "NightshadePoison")  # before encoding anything
+        job = planned_job(pixels, alpha, ensemble, options.settings(), "NightshadePoison")  # before encoding anything
         with grad_work():
-            plan = plan_poison(pixels, ensemble, anchor_to_engine(anchor))
+            plan = plan_poison(ensemble, job.padded(), anchor_to_engine(anchor))
+        hooks = job_hooks(job)
 
         def work(predictor=None):
-            make = plan.objective_factory(objective, predictor, seed)
-            return run_cloak(image, ensemble, make, intensity, render_quality, robustness, seed, custom_budget,
-                             budget, f"NightshadePoison ({objective} objective)", estimate, tile_size,
-                             pass_precision)
+            with grad_work():
+                return poison(job, plan, objective, predictor, seed, hooks)
 
         if objective == "noise":
-            latent_size = plan.image_latents[0].shape[-2:]
-            poisoned, preview, report, _ = with_diffusion_model(model, positive, latent_size, work)
+            result = with_diffusion_model(model, positive, plan.image_latents[0].shape[-2:], work)
         else:
-            poisoned, preview, report, _ = work()
-        with grad_work():
-            checks = plan.latent_check(image_to_engine(poisoned), padder(*pixels.shape[-2:], ensemble.multiple))
-        report = report + "\n" + format_pairing(checks, plan.anchor_latents[0].shape[0])
-        return io.NodeOutput(poisoned, captions, preview, report)
+            result = work()
+        title = f"NightshadePoison ({objective} objective) | {options.describe()}, encoder {ensemble.name}"
+        report = (job.report(result.cloak, title, alpha_notes(alpha)) + "\n"
+                  + format_pairing(result.checks, plan.anchor_latents[0].shape[0]))
+        poisoned = result.cloak.images
+        return io.NodeOutput(image_to_comfy(poisoned, alpha), captions, perturbation_preview(pixels, poisoned), report)

@@ -18,7 +18,7 @@ import folder_paths
 import node_helpers
 from comfy_api.latest import io
 
-from .dataset_nodes import MAX_NAME, SavedFiles, safe_subfolder
+from .files import MAX_NAME, SavedFiles, safe_subfolder
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')

@@ -4,7 +4,6 @@ engine/attacks.py; this module builds the callables they need from ComfyUI objec
 round trip; noise-and-denoise with ComfyUI's own sampler) and draws the chart."""
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
@@ -16,43 +15,25 @@ import comfy.samplers
 import comfy.utils
 from comfy_api.latest import io, ui
 
-from ..engine import as_ensemble, latent_sizes, objective_for_target, padder
+from ..engine import as_ensemble, padder
 from ..engine.attacks import (BROKEN, DEFAULT_ATTACKS, HOLDS, VERDICT_RULE, AttackContext, check_survival,
-                              parse_attacks)
+                              cloak_objectives, parse_attacks)
 from ..engine.cloak import check_images
-from ..engine.nightshade import plan_poison
-from ..engine.objectives import StyleTarget as EngineStyleTarget
-from .cloak_types import CloakEncoder, StyleTarget
-from .comfy_adapters import grad_work, image_to_comfy, image_to_engine
-from .nightshade_nodes import anchor_to_engine
+from .comfy_adapters import anchor_to_engine, grad_work, image_to_comfy, image_to_engine, vae_encoder
+from .schema import CloakEncoder, StyleTarget
 
 
 def vae_autoencoder(vae):
-    """``(autoencode, multiple)``: a differentiable ``D(E(x))`` (pixels 0..1, ``[B, 3, H, W]``) from a ComfyUI VAE.
-
-    The autoencoder is copied outside inference mode (ComfyUI loads weights as inference tensors, which
-    autograd cannot save), so IMPRESS can take gradients through it without touching the shared VAE.
-    """
-    model = getattr(vae, "first_stage_model", None)
-    if model is None or not hasattr(model, "decode"):
-        raise ValueError(f"vae: expected a VAE from Load Checkpoint or VAE Loader, got {type(vae).__name__}")
-    device = mm.get_torch_device()
-    dtype = torch.float32 if device.type == "cpu" else vae.vae_dtype
-    with torch.inference_mode(False):
-        model = copy.deepcopy(model).to(dtype=dtype).eval().requires_grad_(False)
-    size = sum(p.numel() * p.element_size() for p in model.parameters())
-    mm.free_memory(size * 3, device)
-    model.to(device)
-
-    def autoencode(pixels):
-        z = model.encode(vae.process_input(pixels.to(device, dtype)))
-        return vae.process_output(model.decode(z)).float()
-
-    return autoencode, getattr(vae, "downscale_ratio", 8)
+    """``(autoencode, multiple)``: a differentiable ``D(E(x))`` (pixels 0..1, ``[B, 3, H, W]``) from a ComfyUI VAE
+    (comfy_adapters.vae_encoder with its decoder: a copy, so IMPRESS can take gradients through it without touching
+    the shared VAE), loaded onto its device now."""
+    member = vae_encoder(vae, keep_decoder=True)
+    member.prepare()
+    return tae_autoencoder(member)
 
 
 def tae_autoencoder(member):
-    """``(autoencode, multiple)`` from a TAE-family encoder that carries its matching decoder."""
+    """``(autoencode, multiple)`` from an encoder that carries its matching decoder."""
     return (lambda pixels: member.decode(member(pixels))), member.multiple
 
 
@@ -83,19 +64,6 @@ def diffusion_purifier(model, positive, vae, steps: int, cfg: float, sampler: st
         return image_to_engine(vae.decode(samples))[..., :h, :w].to(pixels.device)
 
     return diffuse
-
-
-def objective_source(ensemble, target, pixels):
-    """``objective_for(i, padded)``: the objective the cloak optimised, rebuilt from the ``target`` input.
-
-    A STYLE_TARGET gives GlazePerturb's objective; an anchor IMAGE or LATENT gives NightshadePoison's
-    (its latent form, with the same anchor pairing), whichever objective the poison was optimised with.
-    """
-    if isinstance(target, (dict, torch.Tensor)):
-        return plan_poison(pixels, ensemble, anchor_to_engine(target)).objective_factory("latent")
-    if not isinstance(target, EngineStyleTarget):
-        raise TypeError(f"target: expected a STYLE_TARGET, an IMAGE or a LATENT, got {type(target).__name__}")
-    return lambda i, padded: objective_for_target(ensemble, target, i, latent_sizes(ensemble, padded))
 
 
 VERDICT_COLOURS = {"holds": (46, 160, 67), "weakened": (230, 150, 30), "broken": (210, 50, 50),
@@ -246,10 +214,11 @@ class RobustnessCheck(io.ComfyNode):
         ensemble.prepare()
         device = ensemble.members[0].device
         with grad_work():
-            objective_for = objective_source(ensemble, target, x)
+            objective_for = cloak_objectives(ensemble, anchor_to_engine(target) if isinstance(target, (dict, torch.Tensor))
+                                             else target, x)
         progress = AttackProgress(chosen)
-        ctx = AttackContext(should_stop=progress.should_stop)
-        with_decoder = next((m for m in ensemble.members if getattr(m, "decode", None) is not None), None)
+        ctx = AttackContext(should_stop=progress.should_stop, on_attack=progress.on_attack)
+        with_decoder = next((m for m in ensemble.members if m.decode is not None), None)
         if vae is None and with_decoder is not None:
             ctx.autoencode, ctx.multiple = tae_autoencoder(with_decoder)  # a real decoder beside the TAE
         if vae is not None:
@@ -259,8 +228,7 @@ class RobustnessCheck(io.ComfyNode):
                                                  purify_scheduler)
         with grad_work():
             report = check_survival(x.to(device), x_adv.to(device), objective_for, chosen, ensemble.multiple, ctx,
-                                    seed=seed, title=f"RobustnessCheck | encoder {ensemble.name}",
-                                    on_attack=progress.on_attack)
+                                    seed=seed, title=f"RobustnessCheck | encoder {ensemble.name}")
         text = report.text()
         chart = render_chart(report)
         attacked = [o.images for o in report.outcomes if o.images is not None] or [x_adv]

@@ -12,8 +12,8 @@ from comfy_api.latest import io, ui
 
 from ..engine import as_ensemble, padder
 from ..engine.style_score import image_grid, mimicry_scores
-from .cloak_types import CloakEncoder
 from .comfy_adapters import image_to_comfy, image_to_engine
+from .schema import CloakEncoder
 
 ROW_LABELS = ("artist (clean set)", "target style", "LoRA on clean set", "LoRA on cloaked set")
 LABEL_WIDTH = 150

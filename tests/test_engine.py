@@ -72,7 +72,7 @@ def test_loss_history_falls(robustness):
     pad = E.padder(x.shape[-2], x.shape[-1], 8)
     obj = E.LatentMatch(enc, [enc.members[0](pad(1 - x)).detach()])
     obj.calibrate(pad(x))
-    res = E.optimize(x, obj.loss, E.AdaptiveBudget(10 / 255, min_psnr=35), 40, view=pad,
+    res = E.optimize(x, obj.loss, E.AdaptiveBudget(10 / 255, min_psnr=35), E.Schedule(40), view=pad,
                      transforms=E.ROBUSTNESS_LEVELS[robustness])
     if robustness == "off":
         assert res.losses[0] == pytest.approx(1.0, abs=1e-4)  # normalised by the start distance
@@ -205,9 +205,10 @@ def test_cancel_and_early_stop():
     obj.calibrate(pad(x))
     calls = []
     with pytest.raises(E.Cancelled):
-        E.optimize(x, obj.loss, E.LinfBox(0.03), 50, view=pad, should_stop=lambda: calls.append(1) or len(calls) > 3)
+        E.optimize(x, obj.loss, E.LinfBox(0.03), E.Schedule(50), view=pad,
+                   hooks=E.Hooks(should_stop=lambda: calls.append(1) or len(calls) > 3))
     assert len(calls) == 4
-    res = E.optimize(x, obj.loss, E.LinfBox(1e-4), 500, view=pad, patience=10, step_rule="sign")
+    res = E.optimize(x, obj.loss, E.LinfBox(1e-4), E.Schedule(500, step_rule="sign", patience=10), view=pad)
     assert res.stopped_early and res.steps_run < 500
 
 
@@ -290,3 +291,42 @@ def test_presets_hold_their_psnr_floor_on_the_8bit_image():
         assert r["psnr"] >= s.min_psnr, r
         assert float(E.psnr(res.images[i:i + 1], x[i:i + 1])) >= s.min_psnr
         assert r["target_gain"] > 0, r
+
+
+def test_a_job_prepares_and_probes_once_and_never_changes_its_objectives():
+    """The cloak job (engine.job): the encoder is prepared once per job however many images, the plan probes it
+    once, and the objectives keep the encoder they were made with (tiled and autocast passes are passed in)."""
+    prepared = []
+    enc = toy_encoder()
+    enc.prepare = lambda: prepared.append(1)
+    ens = E.as_ensemble(enc)
+    x = photo_like(3, 96, 96)
+    pad = E.padder(96, 96, ens.multiple)
+    target = E.make_style_target(ens, 1 - x, "per_image", pad)
+    made = []
+
+    def make(i, padded):
+        made.append(E.objective_for_target(ens, target, i, E.latent_sizes(ens, padded)))
+        return made[-1]
+
+    settings = E.CloakSettings(steps=3, tile=48, precision="fp32")
+    job = E.CloakJob(x, ens, settings)
+    estimate = job.plan(free_bytes=8 * 2**30)
+    assert estimate.tiles == 4 and job.tile == 48 and estimate.images == 3
+    result = job.run(make, seed=0)
+    assert len(prepared) == 1 and len(made) == 3
+    assert all(obj.encoder is ens for obj in made)  # never swapped for the tiled or autocast view
+    assert all(r["tiles"] == 4 for r in result.reports)
+    paragraphs = job.report(result, "title").split("\n\n")
+    assert paragraphs[paragraphs.index("title") + 1].startswith("estimated peak memory")  # the estimate follows
+
+
+def test_the_engine_nightshade_entry_point_is_the_job():
+    prepared = []
+    enc = toy_encoder()
+    enc.prepare = lambda: prepared.append(1)
+    x = photo_like(2)
+    import importlib
+    ns = importlib.import_module(E.__name__ + ".nightshade")
+    res = ns.poison_images(x, enc, 1 - x[:1], E.settings_for("default", "faster", "off"))
+    assert len(prepared) == 1 and len(res.checks) == 2 and res.cloak.images.shape == x.shape

@@ -102,14 +102,14 @@ def test_pairing_picks_the_nearest_anchor(ns, encoder, taesd_vae):
     anchors = torch.cat([photo("coffee").flip(2), photo("chelsea"), photo("astronaut", offset=0.4)])
     with torch.inference_mode(False):
         pixels = images.movedim(-1, 1).clone()
-        plan = engine.nightshade.plan_poison(pixels, engine.as_ensemble(encoder), anchors.movedim(-1, 1).clone())
+        plan = engine.nightshade.plan_poison(engine.as_ensemble(encoder), pixels, anchors.movedim(-1, 1).clone())
     # the nearest by latent is the slightly shifted crop of the same photo for image 0, the mirror for image 1
     assert plan.pairing.tolist() == [2, 0], plan.pair_distances
     assert plan.pair_distances.argmin(1).tolist() == [2, 0]
     with torch.inference_mode():  # a LATENT anchor batch (from KSampler, say) is paired the same way
         latents = taesd_vae.encode(anchors)
     with torch.inference_mode(False):
-        plan = engine.nightshade.plan_poison(pixels, engine.as_ensemble(encoder), latents.clone())
+        plan = engine.nightshade.plan_poison(engine.as_ensemble(encoder), pixels, latents.clone())
     assert plan.pairing.tolist() == [2, 0], plan.pair_distances
 
 

@@ -54,7 +54,7 @@ def test_cost_estimate_scales_with_pixels_passes_and_steps_and_refuses_what_cann
     assert est.probe(enc) is probed  # measured once per encoder
     small = est.estimate_cost(probed, 64, 64, 1, 100, enc.multiple)
     big = est.estimate_cost(probed, 4096, 4096, 1, 100, enc.multiple)
-    eot2 = est.estimate_cost(probed, 64, 64, 1, 100, enc.multiple, eot_samples=2)
+    eot2 = est.estimate_cost(probed, 64, 64, 1, 100, enc.multiple, est.Passes(eot_samples=2))
     assert big.peak_bytes == pytest.approx(small.peak_bytes * 4096, rel=1e-6)
     assert eot2.peak_bytes > small.peak_bytes and eot2.seconds == pytest.approx(2 * small.seconds)
     assert est.estimate_cost(probed, 64, 64, 3, 100).seconds == pytest.approx(3 * small.seconds)

@@ -91,7 +91,7 @@ def test_a_big_image_is_cloaked_in_tiles_and_cancel_stops_between_tiles():
         return len(calls) > 3  # after three tiles of the first step
 
     with torch.enable_grad(), pytest.raises(E.Cancelled):
-        E.cloak_images(x, enc, make, s, should_stop=stop)
+        E.cloak_images(x, enc, make, s, hooks=E.Hooks(should_stop=stop))
 
 
 def test_the_estimate_tiles_a_4096_square_instead_of_refusing_it():
@@ -100,11 +100,11 @@ def test_the_estimate_tiles_a_4096_square_instead_of_refusing_it():
     whole = est.estimate_cost(probed, 4096, 4096, 1, 100, 8)
     free = 0.9 * whole.peak_bytes / est.HEADROOM  # a little short of what the whole image needs
     assert not est.fits_in_memory(whole, free)
-    side = est.max_tile_side(probed, 4096, 4096, free, margin=32)
+    side = est.max_tile_side(probed, 4096, 4096, free, est.Passes(margin=32))
     assert 64 <= side < 4096
-    tiled = est.estimate_cost(probed, 4096, 4096, 1, 100, 8, tile=side, margin=32)
+    tiled = est.estimate_cost(probed, 4096, 4096, 1, 100, 8, est.Passes(tile=side, margin=32))
     assert tiled.tiles > 1 and tiled.peak_bytes < whole.peak_bytes and est.fits_in_memory(tiled, free)
-    smaller = est.max_tile_side(probed, 4096, 4096, 0.97 * free, margin=32)
+    smaller = est.max_tile_side(probed, 4096, 4096, 0.97 * free, est.Passes(margin=32))
     assert 0 < smaller < side  # less memory, smaller tiles
     assert tiled.seconds >= whole.seconds  # the margins cost a little extra time
     assert "tiles" in tiled.describe()

@@ -1,0 +1,60 @@
+"""Rules for the files and folders the pack's nodes read and write: plain names, folders that stay inside
+ComfyUI's folders, and what a saving node shows. Shared by the dataset and portfolio nodes."""
+from __future__ import annotations
+
+import os
+import re
+
+import folder_paths
+from comfy_api.latest import io, ui
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]*$")
+MAX_NAME = 120  # characters of one file or folder name part (file systems allow 255 bytes; numbering adds more)
+
+
+def safe_subfolder(root: str, folder: str) -> str:
+    """``root/folder`` as an absolute path, refusing anything that is not a plain relative path inside root."""
+    if not isinstance(folder, str) or not folder.strip():
+        raise ValueError("folder is empty: give a folder name inside ComfyUI's output folder, e.g. 'poison_set'")
+    parts = folder.strip().replace("\\", "/").split("/")
+    if len(folder.encode()) > 8 * MAX_NAME:  # many short parts can still pass the system's path length limit
+        raise ValueError(f"folder {folder[:40]!r}... is {len(folder)} characters long; use at most {8 * MAX_NAME}")
+    if folder.strip().startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", folder.strip()):
+        raise ValueError(f"folder {folder!r} is an absolute path; give a folder inside ComfyUI's output folder")
+    if any(p in ("..", ".") for p in parts):
+        raise ValueError(f"folder {folder!r} climbs out of (or around in) ComfyUI's output folder; "
+                         "'..' and '.' are not allowed")
+    for p in parts:
+        if p and not _NAME.match(p):
+            raise ValueError(f"folder {folder!r}: part {p!r} may use only letters, digits, space, '_', '-', '.'")
+        if len(p.encode()) > MAX_NAME:
+            raise ValueError(f"folder {folder[:40]!r}...: a folder name may be at most {MAX_NAME} characters "
+                             f"(got {len(p)}); choose a shorter one")
+    base = os.path.realpath(root)
+    path = os.path.realpath(os.path.join(base, *[p for p in parts if p]))
+    if os.path.commonpath([base, path]) != base:  # e.g. a symlink inside output pointing elsewhere
+        raise ValueError(f"folder {folder!r} resolves to {path}, outside ComfyUI's output folder {base}")
+    return path
+
+
+def plain_name(value: str, what: str) -> str:
+    value = (value or "").strip()
+    if not _NAME.match(value) or ".." in value:
+        raise ValueError(f"{what} {value!r} may use only letters, digits, space, '_', '-', '.' (no path separators)")
+    if len(value) > MAX_NAME:
+        raise ValueError(f"{what} {value[:40]!r}... is {len(value)} characters long; use at most {MAX_NAME}")
+    return value
+
+
+class SavedFiles(ui.SavedImages):
+    """What a saving node shows: the written images as previews on the node (the canvas shows no plain text
+    for most node types), plus the text for API clients."""
+
+    def __init__(self, paths: list[str], text: str):
+        root = os.path.realpath(folder_paths.get_output_directory())
+        super().__init__([ui.SavedResult(os.path.basename(p), os.path.relpath(os.path.dirname(p), root),
+                                         io.FolderType.output) for p in paths])
+        self.text = text
+
+    def as_dict(self) -> dict:
+        return {**super().as_dict(), "text": (self.text,)}
