@@ -310,19 +310,22 @@ class SurvivalReport:
                 "verdict_rule": VERDICT_RULE, "attacks": [o.as_dict() for o in self.outcomes]}
 
     def table(self) -> str:
-        lines = [f"{self.title} | {len(self.clean_gain)} image(s) | unattacked target gain "
-                 f"{self.mean_clean_gain:.3f}",
-                 f"{'attack':<24} {'kept':>7} {'gain':>7} {'PSNR':>6} {'SSIM':>6}  verdict"]
+        """The survival table as Markdown (a title paragraph, a table, the rules): ComfyUI's Preview Any renders it
+        as a table; blank lines keep the paragraphs apart (Markdown joins single lines)."""
+        cell = lambda v: str(v).replace("|", "/")  # noqa: E731
+        lines = [f"**{self.title}** · {len(self.clean_gain)} image(s) · unattacked target gain "
+                 f"{self.mean_clean_gain:.3f}", "",
+                 "| attack | kept | gain | PSNR | SSIM | verdict |", "|---|---:|---:|---:|---:|---|"]
         for o in self.outcomes:
             d = o.as_dict()
             if o.status != "ok":
-                lines.append(f"{o.label:<24} {'-':>7} {'-':>7} {'-':>6} {'-':>6}  skipped: {o.reason}")
+                lines.append(f"| {cell(o.label)} | - | - | - | - | skipped: {cell(o.reason)} |")
                 continue
-            kept = f"{100 * o.kept:6.1f}%" if o.kept is not None else f"{'n/a':>7}"
-            lines.append(f"{o.label:<24} {kept} {d['gain']:7.3f} {d['psnr']:6.2f} {d['ssim']:6.4f}  {o.verdict}")
-        lines.append("kept = attacked gain / unattacked gain (both against the original, attacked the same way); "
-                     "PSNR/SSIM: attacked cloaked image vs original")
-        lines.append(VERDICT_RULE)
+            kept = f"{100 * o.kept:.1f}%" if o.kept is not None else "n/a"
+            lines.append(f"| {cell(o.label)} | {kept} | {d['gain']:.3f} | {d['psnr']:.2f} | {d['ssim']:.4f} | "
+                         f"{o.verdict} |")
+        lines += ["", "kept = attacked gain / unattacked gain (both against the original, attacked the same way); "
+                      "PSNR/SSIM: attacked cloaked image vs original", "", VERDICT_RULE]
         return "\n".join(lines)
 
     def text(self) -> str:
@@ -346,7 +349,7 @@ def cloak_objectives(encoder, target, original: torch.Tensor):
     NightshadePoison's latent form, with the same anchor pairing (whichever objective the poison was made with).
     ``original``: the uncloaked images ``[B, 3, H, W]``, already checked; the encoder prepared."""
     if isinstance(target, StyleTarget):
-        return glaze_objectives(encoder, target)
+        return glaze_objectives(encoder, target, original.shape[0])
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target: expected a STYLE_TARGET, an IMAGE or a LATENT, got {type(target).__name__}")
     padded = padder(*original.shape[-2:], encoder.multiple)(original.float())

@@ -32,6 +32,9 @@ OVERHEAD = 1.3           # the transforms' and the optimiser's own tensors, allo
 STEP_TIME_FACTOR = {True: 1.5, False: 1.0}
 FIXED_STEPS = 2          # calibration, the report and the floors, in steps' worth of passes
 PIXEL_STATE_BYTES = 96   # per pixel: x, δ, momentum, caps, the padded view and the 8-bit copy (float32)
+# per pixel of every image of the batch, held for the whole job: the engine's copy of the input, the cloaked
+# copy, ComfyUI's output IMAGE and the perturbation preview (float32, 3-4 channels each)
+BATCH_BYTES_PER_PIXEL = 60
 HEADROOM = 0.9           # use at most this share of the free memory
 
 
@@ -55,6 +58,7 @@ class CostEstimate:
     steps: int
     passes_per_step: int
     tiles: int = 1       # tiles per image (1: the whole image in one pass)
+    batch_bytes: float = 0.0  # what the whole batch holds (in peak_bytes when it shares the device's memory)
 
     def describe(self) -> str:
         tiled = f", in {self.tiles} tiles" if self.tiles > 1 else ""
@@ -144,10 +148,17 @@ def _pass_seconds(members, side: int, device) -> float:
     return sorted(_pass(members, side, device) for _ in range(3))[1]
 
 
+def batch_bytes(height: int, width: int, images: int) -> float:
+    """What a batch of ``images`` images holds for the whole job, besides one image's work (BATCH_BYTES_PER_PIXEL)."""
+    return float(BATCH_BYTES_PER_PIXEL) * int(height) * int(width) * int(images)
+
+
 def estimate_cost(probed: Probe, height: int, width: int, images: int, steps: int, multiple: int = 8,
-                  passes: Passes = Passes()) -> CostEstimate:
-    """The cost of cloaking ``images`` images of ``height``×``width`` for ``steps`` steps (images are cloaked one
-    at a time, so memory does not grow with the batch; time does), making ``passes`` per step."""
+                  passes: Passes = Passes(), batch_in_peak: bool = True) -> CostEstimate:
+    """The cost of cloaking ``images`` images of ``height``×``width`` for ``steps`` steps, making ``passes`` per
+    step. Images are cloaked one at a time, so one image's work does not grow with the batch; the batch's own copies
+    do (:func:`batch_bytes`), and count in the peak when ``batch_in_peak`` (a CPU: the batch and the work share one
+    memory; on a GPU the batch stays in CPU memory). Time grows with the batch."""
     from .tiling import plan_tiles
     m = max(1, int(multiple))
     ph, pw = -(-int(height) // m) * m, -(-int(width) // m) * m
@@ -156,18 +167,22 @@ def estimate_cost(probed: Probe, height: int, width: int, images: int, steps: in
     tiles = plan_tiles(ph, pw, tile, passes.margin, m) if tile and pixels > tile * tile else []
     pass_pixels = max((t.crop_pixels for t in tiles), default=pixels)
     work_pixels = sum(t.crop_pixels for t in tiles) or pixels
+    batch = batch_bytes(ph, pw, images)
     peak = (probed.bytes_per_pixel * passes.per_step * pass_pixels + PIXEL_STATE_BYTES * pixels) * OVERHEAD
+    peak += batch if batch_in_peak else 0.0
     step = probed.seconds_per_pixel * work_pixels * passes.per_step * STEP_TIME_FACTOR[passes.eot]
     seconds = step * (int(steps) + FIXED_STEPS) * int(images)
-    return CostEstimate(peak, seconds, pixels, int(images), int(steps), passes.per_step, max(1, len(tiles)))
+    return CostEstimate(peak, seconds, pixels, int(images), int(steps), passes.per_step, max(1, len(tiles)), batch)
 
 
 def max_tile_side(probed: Probe, height: int, width: int, free_bytes: float, passes: Passes = Passes(),
-                  multiple: int = 8) -> int:
+                  multiple: int = 8, reserved_bytes: float = 0.0) -> int:
     """The largest tile side (a multiple of ``multiple``, at most the image's longer side) whose pass fits in
-    ``free_bytes`` beside the whole image's own tensors, with ``passes.margin`` px of context; 0 when not even a
-    64 px tile fits. (``passes.tile`` is not read: this is what chooses it.)"""
-    room = HEADROOM * float(free_bytes) / OVERHEAD - PIXEL_STATE_BYTES * int(height) * int(width)
+    ``free_bytes`` beside the whole image's own tensors and ``reserved_bytes`` (e.g. the batch's copies), with
+    ``passes.margin`` px of context; 0 when not even a 64 px tile fits. (``passes.tile`` is not read: this is what
+    chooses it.)"""
+    room = ((HEADROOM * float(free_bytes) - float(reserved_bytes)) / OVERHEAD
+            - PIXEL_STATE_BYTES * int(height) * int(width))
     if room <= 0:
         return 0
     crop = (room / max(probed.bytes_per_pixel * passes.per_step, 1e-9)) ** 0.5
@@ -189,9 +204,11 @@ def refusal_message(estimate: CostEstimate, free_bytes: float, height: int, widt
     side = int((HEADROOM * float(free_bytes) / max(per_pixel, 1e-9)) ** 0.5)
     return (f"image: {width}x{height} does not fit in memory: {estimate.describe()}, but only "
             f"{free_bytes / 2**30:.2f} GiB is free. Scale it down (about {side}x{side} px fits here; e.g. with "
-            "Upscale Image By 0.5), set a smaller tile_size, choose robustness off (fewer passes per step), or use "
-            "a machine with more memory")
+            "Upscale Image By 0.5), set a smaller tile_size, choose robustness off (fewer passes per step), "
+            + (f"cloak fewer of the {estimate.images} images per run (the batch holds "
+               f"{estimate.batch_bytes / 2**30:.2f} GiB), " if estimate.images > 1 else "")
+            + "or use a machine with more memory")
 
 
-__all__ = ["Probe", "Passes", "CostEstimate", "probe", "estimate_cost", "max_tile_side", "fits_in_memory", "refusal_message",
+__all__ = ["Probe", "Passes", "CostEstimate", "batch_bytes", "probe", "estimate_cost", "max_tile_side", "fits_in_memory", "refusal_message",
            "format_seconds"]

@@ -31,7 +31,8 @@ from .budgets import Frozen, quantize_to_8bit
 from .cloak import CloakResult, CloakSettings, check_images, format_report, latent_sizes, padder, shrink_to_floors, \
     tile_side
 from .encoders import EncoderEnsemble, as_ensemble
-from .estimate import CostEstimate, Passes, estimate_cost, fits_in_memory, max_tile_side, probe, refusal_message
+from .estimate import (CostEstimate, Passes, batch_bytes, estimate_cost, fits_in_memory, max_tile_side, probe,
+                       refusal_message)
 from .objectives import StyleTarget, objective_for_target
 from .optimize import Hooks, optimize
 from .precision import autocast_members
@@ -41,8 +42,13 @@ from .transforms import ROBUSTNESS_LEVELS, WithRoundTrip
 ObjectiveFactory = Callable[[int, torch.Tensor], object]
 
 
-def glaze_objectives(encoder: EncoderEnsemble, target: StyleTarget) -> ObjectiveFactory:
-    """GlazePerturb's objectives: image i pulled toward its style target (engine.objectives.objective_for_target)."""
+def glaze_objectives(encoder: EncoderEnsemble, target: StyleTarget, images: int | None = None) -> ObjectiveFactory:
+    """GlazePerturb's objectives: image i pulled toward its style target (engine.objectives.objective_for_target).
+    ``images``: the batch size, checked against a per-image target's count."""
+    if not isinstance(target, StyleTarget):
+        raise TypeError(f"style_target: expected a STYLE_TARGET from StyleTargetLatents, got {type(target).__name__}")
+    if images is not None:
+        target.check_batch(images)
     return lambda i, padded: objective_for_target(encoder, target, i, latent_sizes(encoder, padded))
 
 
@@ -93,12 +99,14 @@ class CloakJob:
     def plan(self, free_bytes: float) -> CostEstimate:
         """Probe the encoder, choose the tile side that ``free_bytes`` allows and estimate memory and time; refuse
         (ValueError, saying what to do) a job that cannot fit even in 64 px tiles."""
-        s, ph, pw = self.settings, *self.padded_size
+        s, ph, pw, b = self.settings, *self.padded_size, self.images.shape[0]
+        shared = self.device.type == "cpu"  # the batch's copies live in CPU memory: on a CPU, beside the work
         probed = probe(self.encoder, precision=s.precision)
-        memory_tile = max_tile_side(probed, ph, pw, free_bytes, self.passes, self.encoder.multiple)
+        memory_tile = max_tile_side(probed, ph, pw, free_bytes, self.passes, self.encoder.multiple,
+                                    batch_bytes(ph, pw, b) if shared else 0.0)
         self.tile = tile_side(s, ph, pw, memory_tile or 64, self.device.type)
         passes = dataclasses.replace(self.passes, tile=self.tile, margin=s.margin if self.tile else 0)
-        self.estimate = estimate_cost(probed, ph, pw, self.images.shape[0], s.steps, self.encoder.multiple, passes)
+        self.estimate = estimate_cost(probed, ph, pw, b, s.steps, self.encoder.multiple, passes, shared)
         if not memory_tile or not fits_in_memory(self.estimate, free_bytes):
             raise ValueError(refusal_message(self.estimate, free_bytes, *self.size))
         return self.estimate
@@ -174,7 +182,7 @@ class CloakJob:
         """The report: a warning first when an image went out unprotected, the title, the estimate, ``notes``,
         then a line per image."""
         lines = ([self.estimate.describe()] if self.estimate is not None else []) + list(notes or [])
-        return format_report(result.reports, title, lines)
+        return format_report(result.reports, title, lines, self.settings.typical_gain)
 
 
 def cloak_images(images: torch.Tensor, encoder, make_objective: ObjectiveFactory, settings: CloakSettings,

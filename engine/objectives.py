@@ -54,6 +54,14 @@ class StyleTarget:
     def __len__(self) -> int:
         return self.latents[0].shape[0]
 
+    def check_batch(self, images: int) -> None:
+        """Refuse a ``per_image`` target whose count fits neither one per artwork nor one for all (it used to pair
+        artwork i with style image i mod N, silently)."""
+        if self.mode == "per_image" and len(self) not in (1, images):
+            raise ValueError(f"style_target: per_image mode pairs style image i with artwork i, but it has "
+                             f"{len(self)} style image(s) for {images} artworks: give one style image per artwork "
+                             "(in the same order) or a single one for all, or choose mode mean or style_stats")
+
 
 TARGET_MODES = ("per_image", "mean", "style_stats")
 

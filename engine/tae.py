@@ -21,6 +21,7 @@ raw latents are roughly unit variance already). Distances in the engine are take
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from dataclasses import dataclass
 
@@ -191,17 +192,39 @@ def build(sd: dict, kind: str, what: str = "weights") -> tuple[nn.Sequential, TA
 
 
 def load_state_dict(path: str) -> dict:
-    """A ``.pth``/``.pt`` (torch, weights only) or ``.safetensors`` file as a state dict."""
+    """A ``.pth``/``.pt`` (torch, weights only) or ``.safetensors`` file as a state dict of finite float tensors.
+
+    Anything else is refused with :class:`BadTAEFile` naming the file and saying what to do: a truncated or corrupt
+    file, a pickle that carries code (never loaded: it could run code on this machine), a file of other objects,
+    integer or NaN/inf weights. PyTorch's own advice for pickles (to load them unrestricted) is never passed on."""
+    name = os.path.basename(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path}")
-    if path.endswith(".safetensors"):
-        import safetensors.torch
-        return safetensors.torch.load_file(path, device="cpu")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.endswith(".safetensors"):
+            import safetensors.torch
+            sd = safetensors.torch.load_file(path, device="cpu")
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise BadTAEFile(f"{name}: not a plain weights file: it holds pickled Python objects or code besides tensors, "
+                         "so it was refused for safety (loading it could run code on this machine). Use the "
+                         "model's .safetensors file, or a plain state-dict .pth from a source you trust") from None
+    except Exception as e:  # zip/format errors of a truncated or corrupt file (RuntimeError, SafetensorError, ...)
+        raise BadTAEFile(f"{name}: not a readable weights file: truncated or corrupt ({type(e).__name__}); "
+                         "download it again or remove it from models/vae_approx") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
-        raise BadTAEFile(f"{path}: expected a state dict, found a {type(sd).__name__}")
+        raise BadTAEFile(f"{name}: expected a state dict (names to tensors), found a {type(sd).__name__}; "
+                         "use the encoder's or decoder's own weights file")
+    for key, value in sd.items():
+        if isinstance(value, torch.Tensor) and not value.is_floating_point():
+            raise BadTAEFile(f"{name}: weight {key!r} is {value.dtype}, not a float tensor: not a TAE weights file; "
+                             "download the TAE again")
+        if isinstance(value, torch.Tensor) and not torch.isfinite(value).all():
+            raise BadTAEFile(f"{name}: weight {key!r} contains NaN or infinite values (a broken file or a failed "
+                             "training run); a cloak against it would be NaN. Download it again")
     return sd
 
 

@@ -122,9 +122,11 @@ class SavePoisonDataset(io.ComfyNode):
         singles = split_images(images)
         texts = pair_captions(captions, len(singles))
         safe_subfolder(folder_paths.get_output_directory(), folder)  # the folder itself, for its own error
-        if repeats > 0:
+        max_part = MAX_NAME
+        if repeats > 0:  # the concept may use all of MAX_NAME: the "<repeats>_" prefix comes on top
             folder = f"{folder.strip().rstrip('/')}/{repeats}_{plain_name(concept, 'concept')}"
-        directory = safe_subfolder(folder_paths.get_output_directory(), folder)
+            max_part += len(f"{repeats}_")
+        directory = safe_subfolder(folder_paths.get_output_directory(), folder, max_part)
         written = write_pairs(directory, plain_name(prefix, "filename_prefix"), singles, texts)
         logging.info("SavePoisonDataset: wrote %d image/caption pairs to %s", len(written), directory)
         summary = f"{len(written)} image/caption pairs in {directory}: " + ", ".join(os.path.basename(p) for p in written)

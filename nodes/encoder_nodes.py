@@ -12,6 +12,7 @@ from ..engine import EncoderEnsemble, as_ensemble, make_style_target, padder, st
 from ..engine.cloak import check_images
 from ..engine.objectives import TARGET_MODES, check_channels
 from ..engine.precision import WEIGHT_DTYPES
+from ..engine.tae import BadTAEFile
 from .comfy_adapters import image_to_engine, tae_encoder_files, tae_file_encoder, vae_encoder
 from .schema import CloakEncoder, StyleTarget
 
@@ -72,7 +73,10 @@ class LoadVAEEncoder(io.ComfyNode):
             path = folder_paths.get_full_path_or_raise("vae", vae_name)
             member = vae_encoder(comfy.sd.VAE(sd=comfy.utils.load_torch_file(path)), precision)
         else:
-            member = tae_file_encoder(folder_paths.get_full_path_or_raise("vae_approx", tae_name), precision)
+            try:
+                member = tae_file_encoder(folder_paths.get_full_path_or_raise("vae_approx", tae_name), precision)
+            except BadTAEFile as e:  # a plain ValueError: ComfyUI names the class with its module's machine path
+                raise ValueError(f"tae_name: {e}") from None
         ensemble = encoder.extend(member, weight) if encoder is not None else EncoderEnsemble([member], [weight])
         return io.NodeOutput(ensemble)
 

@@ -12,8 +12,44 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]*$")
 MAX_NAME = 120  # characters of one file or folder name part (file systems allow 255 bytes; numbering adds more)
 
 
-def safe_subfolder(root: str, folder: str) -> str:
-    """``root/folder`` as an absolute path, refusing anything that is not a plain relative path inside root."""
+# names Windows cannot create, whatever the extension (the pack runs on Windows too)
+_WINDOWS_RESERVED = re.compile(r"^(CON|PRN|AUX|NUL|COM[0-9¹²³]|LPT[0-9¹²³])(\..*)?$", re.IGNORECASE)
+
+
+def windows_problem(part: str) -> str | None:
+    """Why Windows cannot create a file or folder of this name (None when it can)."""
+    if _WINDOWS_RESERVED.match(part.strip()):
+        return f"{part!r} is a device name that Windows reserves"
+    if part != part.rstrip(" ."):
+        return f"{part!r} ends in a space or a dot, which Windows drops or refuses"
+    return None
+
+
+def inside(root: str, path: str) -> bool:
+    """Whether ``path`` resolves (symlinks followed) inside ``root``."""
+    base, real = os.path.realpath(root), os.path.realpath(path)
+    return os.path.commonpath([base, real]) == base
+
+
+def input_subfolder(root: str, folder: str) -> str:
+    """``root/folder`` for reading (ComfyUI's input folder): any name the file system allows (the dropdown offers
+    what is there), but a relative path that stays inside ``root``, symlinks followed."""
+    if not isinstance(folder, str) or not folder.strip():
+        raise ValueError("folder is empty: pick a folder inside ComfyUI's input folder")
+    parts = folder.replace("\\", "/").split("/")
+    if folder.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", folder) or any(p in ("..", ".") for p in parts):
+        raise ValueError(f"folder {folder!r} is not a folder inside ComfyUI's input folder ({root}); pick one "
+                         "from the list")
+    path = os.path.join(os.path.realpath(root), *[p for p in parts if p])
+    if not inside(root, path):  # e.g. a symlink inside input pointing elsewhere
+        raise ValueError(f"folder {folder!r} resolves to {os.path.realpath(path)}, outside ComfyUI's input folder "
+                         f"{os.path.realpath(root)}; copy the images into the input folder instead of linking them")
+    return os.path.realpath(path)
+
+
+def safe_subfolder(root: str, folder: str, max_part: int = MAX_NAME) -> str:
+    """``root/folder`` (ComfyUI's output folder) as an absolute path, refusing anything that is not a plain relative
+    path inside root, or that Windows could not create. ``max_part``: the longest name of one folder allowed."""
     if not isinstance(folder, str) or not folder.strip():
         raise ValueError("folder is empty: give a folder name inside ComfyUI's output folder, e.g. 'poison_set'")
     parts = folder.strip().replace("\\", "/").split("/")
@@ -27,9 +63,11 @@ def safe_subfolder(root: str, folder: str) -> str:
     for p in parts:
         if p and not _NAME.match(p):
             raise ValueError(f"folder {folder!r}: part {p!r} may use only letters, digits, space, '_', '-', '.'")
-        if len(p.encode()) > MAX_NAME:
-            raise ValueError(f"folder {folder[:40]!r}...: a folder name may be at most {MAX_NAME} characters "
+        if len(p.encode()) > max_part:
+            raise ValueError(f"folder {folder[:40]!r}...: a folder name may be at most {max_part} characters "
                              f"(got {len(p)}); choose a shorter one")
+        if p and windows_problem(p):
+            raise ValueError(f"folder {folder!r}: {windows_problem(p)}; choose another name")
     base = os.path.realpath(root)
     path = os.path.realpath(os.path.join(base, *[p for p in parts if p]))
     if os.path.commonpath([base, path]) != base:  # e.g. a symlink inside output pointing elsewhere
@@ -38,11 +76,15 @@ def safe_subfolder(root: str, folder: str) -> str:
 
 
 def plain_name(value: str, what: str) -> str:
+    """A name part the user typed (concept, prefix): letters, digits, space, '_', '-', '.'; no path; at most
+    MAX_NAME characters; one Windows can create (surrounding spaces are trimmed)."""
     value = (value or "").strip()
     if not _NAME.match(value) or ".." in value:
         raise ValueError(f"{what} {value!r} may use only letters, digits, space, '_', '-', '.' (no path separators)")
     if len(value) > MAX_NAME:
         raise ValueError(f"{what} {value[:40]!r}... is {len(value)} characters long; use at most {MAX_NAME}")
+    if windows_problem(value):
+        raise ValueError(f"{what}: {windows_problem(value)}; choose another name")
     return value
 
 

@@ -41,8 +41,9 @@ class GlazePerturb(io.ComfyNode):
         options = CloakOptions(intensity, render_quality, robustness, custom_budget, budget, tile_size, pass_precision)
         ensemble = as_ensemble(encoder)
         pixels, alpha = image_to_engine(image), image_alpha(image)
+        objectives = glaze_objectives(ensemble, style_target, pixels.shape[0])
         job = planned_job(pixels, alpha, ensemble, options.settings(), "GlazePerturb")
         with grad_work():
-            result = job.run(glaze_objectives(ensemble, style_target), seed, job_hooks(job))
+            result = job.run(objectives, seed, job_hooks(job))
         report = job.report(result, f"GlazePerturb | {options.describe()}, encoder {ensemble.name}", alpha_notes(alpha))
         return io.NodeOutput(image_to_comfy(result.images, alpha), perturbation_preview(pixels, result.images), report)

@@ -12,35 +12,76 @@ import re
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 import folder_paths
-import node_helpers
 from comfy_api.latest import io
 
-from .files import MAX_NAME, SavedFiles, safe_subfolder
+from .files import MAX_NAME, SavedFiles, input_subfolder, inside, safe_subfolder
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
 
 
-def image_files(directory: str) -> list[str]:
-    """Image files directly in ``directory``, sorted by name (case-insensitive)."""
-    return sorted((f for f in os.listdir(directory)
-                   if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(directory, f))),
-                  key=str.lower)
+def image_files(directory: str, root: str) -> list[str]:
+    """Image files directly in ``directory``, sorted by name (case-insensitive). A file that links outside ``root``
+    (ComfyUI's input folder) is refused, as a folder that does is: one rule for both."""
+    names = sorted((f for f in os.listdir(directory)
+                    if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(directory, f))),
+                   key=str.lower)
+    for f in names:
+        if not inside(root, os.path.join(directory, f)):
+            raise ValueError(f"{f} in {directory} links to {os.path.realpath(os.path.join(directory, f))}, outside "
+                             f"ComfyUI's input folder {os.path.realpath(root)}; copy the file in instead of linking it")
+    return names
+
+
+def read_image(path: str) -> Image.Image:
+    """The file, fully decoded; a truncated or corrupt one is refused (PIL would fill the missing part with black,
+    and the cloak would be saved under the artwork's name)."""
+    name = os.path.basename(path)
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # ComfyUI's loaders turn it on; a portfolio must not lose half an image
+    try:
+        img = Image.open(path)
+        img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{name}: the file is truncated or corrupt ({e}); export it again or move it out of the "
+                         "folder") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+    return ImageOps.exif_transpose(img)
+
+
+def to_float_rgb(img: Image.Image) -> np.ndarray:
+    """``[H, W, 3]`` float32 in 0..1 from any PIL mode: 16-bit and 32-bit integer greys scaled by their own range
+    (not clipped at 255, which turned a 16-bit PNG white), float greys taken as 0..1, palette and alpha
+    composited on white, CMYK and 1-bit converted."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        grey = np.asarray(img, dtype=np.float64)
+        if img.mode == "I" and grey.max(initial=0) > 65535:  # a true 32-bit image
+            grey = grey / float(2**32 - 1) if grey.min(initial=0) >= 0 else (grey - grey.min()) / max(np.ptp(grey), 1)
+        else:
+            grey = grey / 65535.0
+        return np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2).astype(np.float32)
+    if img.mode == "F":
+        grey = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        grey = grey / 255.0 if grey.max(initial=0) > 1.0 else grey
+        return np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "P", "PA", "La", "RGBa"):
+        img = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img)
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
 
 
 def load_rgb(path: str) -> torch.Tensor:
-    """An image file as IMAGE ``[1, H, W, 3]`` (EXIF rotation applied; transparency composited on white)."""
-    img = node_helpers.pillow(Image.open, path)
-    img = node_helpers.pillow(ImageOps.exif_transpose, img)
-    if img.mode in ("RGBA", "LA", "P"):
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, img)
-    pixels = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(pixels)[None]
+    """An image file as IMAGE ``[1, H, W, 3]`` (EXIF rotation applied; transparency composited on white; 16-bit
+    greys keep their levels: see :func:`to_float_rgb`)."""
+    img = read_image(path)
+    if img.mode.startswith(("I", "F")):
+        logging.info("LoadArtworkFolder: %s is a %s image; its cloak is saved with 8-bit levels",
+                     os.path.basename(path), img.mode)
+    return torch.from_numpy(to_float_rgb(img))[None]
 
 
 def safe_stem(name: str) -> str:
@@ -50,6 +91,20 @@ def safe_stem(name: str) -> str:
     while len(stem.encode()) > MAX_NAME:
         stem = stem[:-1]
     return stem.strip(" .") or "image"
+
+
+def output_stems(names: list[str]) -> list[str]:
+    """The stem each image is saved under: its file name's, or, where two names of the set share a stem
+    (``a.jpg`` and ``a.png``), the stem with the source extension (``a_jpg``), so no reader mixes them up; a PNG
+    source keeps the plain stem."""
+    stems = [safe_stem(n) for n in names]
+    exts = [os.path.splitext(os.path.basename(str(n)))[1].lower().lstrip(".") for n in names]
+    shared = {st.lower() for st in stems if sum(o.lower() == st.lower() for o in stems) > 1}
+    out = []
+    for stem, ext in zip(stems, exts):
+        keep_plain = stem.lower() not in shared or (ext == "png" and exts.count("png") == 1)
+        out.append(stem if keep_plain or not ext else safe_stem(f"{stem}_{ext}"))
+    return out
 
 
 def create_exclusive(directory: str, stem: str, ext: str, write) -> str:
@@ -104,21 +159,23 @@ class LoadArtworkFolder(io.ComfyNode):
 
     @classmethod
     def execute(cls, folder) -> io.NodeOutput:
-        directory = safe_subfolder(folder_paths.get_input_directory(), folder)
+        root = folder_paths.get_input_directory()
+        directory = input_subfolder(root, folder)
         if not os.path.isdir(directory):
-            raise ValueError(f"folder {folder!r} is not a folder inside ComfyUI's input folder "
-                             f"({folder_paths.get_input_directory()}); create it and put your images there")
-        files = image_files(directory)
+            raise ValueError(f"folder {folder!r} is not a folder inside ComfyUI's input folder ({root}); create it "
+                             "and put your images there")
+        files = image_files(directory, root)
         if not files:
             raise ValueError(f"folder {folder!r} holds no {'/'.join(IMAGE_EXTENSIONS)} images; add your artwork there")
         return io.NodeOutput([load_rgb(os.path.join(directory, f)) for f in files], files)
 
     @classmethod
     def fingerprint_inputs(cls, folder):
-        directory = os.path.join(folder_paths.get_input_directory(), folder)
+        root = folder_paths.get_input_directory()
         try:
-            return [(f, os.path.getmtime(os.path.join(directory, f))) for f in image_files(directory)]
-        except OSError:
+            directory = input_subfolder(root, folder)
+            return [(f, os.path.getmtime(os.path.join(directory, f))) for f in image_files(directory, root)]
+        except (OSError, ValueError):
             return float("nan")
 
 
@@ -163,9 +220,9 @@ class SaveCloakedFolder(io.ComfyNode):
         directory = safe_subfolder(folder_paths.get_output_directory(), folder)
         os.makedirs(directory, exist_ok=True)
         saved = []
-        for image, name in zip(singles, names):
+        for image, stem in zip(singles, output_stems(names)):
             pixels = np.clip(image[0].float().cpu().numpy() * 255.0 + 0.5, 0, 255).astype(np.uint8)
-            saved.append(create_exclusive(directory, safe_stem(name), ".png",
+            saved.append(create_exclusive(directory, stem, ".png",
                                           lambda f, p=pixels: Image.fromarray(p).save(f, format="PNG")))
         header = "| # | original | saved as |" + (" cloak |" if cells else "")
         lines = [f"### {len(saved)} images saved to `{directory}`", ""] + ([title, ""] if title else []) + [

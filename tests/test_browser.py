@@ -96,6 +96,13 @@ c.ds.offset[1] = (top + (h - top - (y1 - y0) * scale) / 2) / scale - y0;
 c.setDirty(true, true);
 """
 
+# the text meant as a table renders as one in Preview Any's Markdown widget (not as a run-on paragraph)
+RENDERED_TABLES = """
+return [...document.querySelectorAll("table")].filter(t => t.offsetParent !== null && t.rows.length > 1)
+  .map(t => t.innerText.toLowerCase().slice(0, 400));
+"""
+TABLES_EXPECTED = {"robustness_report": "verdict", "lora_mimicry_test": "target share"}
+
 OUTPUTS_SHOWN = """
 const missing = [];
 for (const node of window.app.graph.nodes) {
@@ -254,6 +261,10 @@ def test_workflow_opens_runs_and_shows_outputs_in_the_browser(browser, browser_s
     while (missing := browser.execute_script(OUTPUTS_SHOWN)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not missing, f"{name}: outputs not shown on the canvas: {missing}"
+    if name in TABLES_EXPECTED:
+        tables = wait_for(lambda: browser.execute_script(RENDERED_TABLES), 20,
+                          f"{name}: no rendered <table> on the canvas (the report shows as plain text)")
+        assert any(TABLES_EXPECTED[name] in t for t in tables), (name, tables)
     CHECKS.get(name, lambda *_: None)(server, entry)
     shot = os.path.join(SHOTS, f"{name}.png")
     browser.save_screenshot(shot)

@@ -116,16 +116,17 @@ def test_report_json_matches_the_table(cl):
     assert out.ui["text"][0] == table
     assert f"unattacked target gain {report['clean_gain']:.3f}" in table
     lines = table.splitlines()
+    assert "| attack | kept | gain | PSNR | SSIM | verdict |" in lines  # a Markdown table: Preview Any renders it
     for row in report["attacks"]:
-        line = next(ln for ln in lines if ln.startswith(row["label"] + " "))
-        cells = line[len(row["label"]):].split()
+        line = next(ln for ln in lines if ln.startswith(f"| {row['label']} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")][1:]
         if row["status"] != "ok":
             assert "skipped:" in line and row["reason"] in line
             continue
         assert cells[0] == f"{100 * row['kept']:.1f}%"
         assert [float(c) for c in cells[1:4]] == [round(row["gain"], 3), round(row["psnr"], 2),
                                                    round(row["ssim"], 4)]
-        assert " ".join(cells[4:]) == row["verdict"]
+        assert cells[4] == row["verdict"]
     # the rule printed under the table is the one applied
     assert report["thresholds"] == {"holds": 0.7, "broken": 0.3, "min_clean_gain": 0.01}
     for row in report["attacks"]:
@@ -257,7 +258,7 @@ def test_workflow_reports_on_the_real_server(server):
     assert rows["diffpure:0.3"]["status"] == "skipped"  # no MODEL in the bundled workflow
     for row in report["attacks"]:
         if row["status"] == "ok":
-            assert re.search(re.escape(row["label"]) + r"\s+[\d.]+%", table)
+            assert re.search(re.escape(row["label"]) + r" \| [\d.]+%", table)
     charts = server.output_files({"outputs": {ids["RobustnessCheck"]: entry["outputs"][ids["RobustnessCheck"]]}})
     assert len(charts) == 1 and os.path.isfile(charts[0])  # the chart, shown on the node in the UI
     with Image.open(charts[0]) as im:

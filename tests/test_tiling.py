@@ -100,11 +100,12 @@ def test_the_estimate_tiles_a_4096_square_instead_of_refusing_it():
     whole = est.estimate_cost(probed, 4096, 4096, 1, 100, 8)
     free = 0.9 * whole.peak_bytes / est.HEADROOM  # a little short of what the whole image needs
     assert not est.fits_in_memory(whole, free)
-    side = est.max_tile_side(probed, 4096, 4096, free, est.Passes(margin=32))
+    batch = est.batch_bytes(4096, 4096, 1)  # on a CPU the batch's copies share the memory (CloakJob.plan passes it)
+    side = est.max_tile_side(probed, 4096, 4096, free, est.Passes(margin=32), 8, batch)
     assert 64 <= side < 4096
     tiled = est.estimate_cost(probed, 4096, 4096, 1, 100, 8, est.Passes(tile=side, margin=32))
     assert tiled.tiles > 1 and tiled.peak_bytes < whole.peak_bytes and est.fits_in_memory(tiled, free)
-    smaller = est.max_tile_side(probed, 4096, 4096, 0.97 * free, est.Passes(margin=32))
+    smaller = est.max_tile_side(probed, 4096, 4096, 0.97 * free, est.Passes(margin=32), 8, batch)
     assert 0 < smaller < side  # less memory, smaller tiles
     assert tiled.seconds >= whole.seconds  # the margins cost a little extra time
     assert "tiles" in tiled.describe()
