@@ -103,6 +103,9 @@ def settings_for(intensity: str = "default", render_quality: str = "default", ro
                          typical_gain=TYPICAL_GAIN.get(intensity), **level)
 
 
+MIN_TILE = 64  # the smallest tile side (px): a tile_size of 1..63 runs as this
+
+
 @dataclass(frozen=True)
 class CloakOptions:
     """The user-facing choices of GlazePerturb and NightshadePoison (their inputs, same names), made into
@@ -120,12 +123,13 @@ class CloakOptions:
     def settings(self) -> CloakSettings:
         if self.pass_precision not in PASS_PRECISIONS:
             raise ValueError(f"pass_precision: unknown {self.pass_precision!r}; choose one of {list(PASS_PRECISIONS)}")
-        if self.tile_size and self.tile_size < 64:
-            raise ValueError(f"tile_size: {self.tile_size} px is too small to tile with; use 0 (automatic) or at "
-                             "least 64")
+        tile = int(self.tile_size)
+        if 0 < tile < MIN_TILE:  # the schema offers them: smaller tiles cannot carry the encoder's context
+            logging.info("tile_size %d px is below the smallest useful tile; using %d px", tile, MIN_TILE)
+            tile = MIN_TILE
         base = settings_for(self.intensity, self.render_quality, self.robustness, self.custom_budget / 255,
                             self.budget)
-        return dataclasses.replace(base, tile=int(self.tile_size), precision=self.pass_precision)
+        return dataclasses.replace(base, tile=tile, precision=self.pass_precision)
 
     def describe(self) -> str:
         return (f"intensity {self.intensity}, render quality {self.render_quality}, robustness {self.robustness}, "

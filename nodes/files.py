@@ -36,6 +36,9 @@ def input_subfolder(root: str, folder: str) -> str:
     what is there), but a relative path that stays inside ``root``, symlinks followed."""
     if not isinstance(folder, str) or not folder.strip():
         raise ValueError("folder is empty: pick a folder inside ComfyUI's input folder")
+    if any(ord(ch) < 32 for ch in folder):
+        raise ValueError(f"folder {folder!r} contains a control character; pick a folder inside ComfyUI's input "
+                         "folder from the list")
     parts = folder.replace("\\", "/").split("/")
     if folder.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", folder) or any(p in ("..", ".") for p in parts):
         raise ValueError(f"folder {folder!r} is not a folder inside ComfyUI's input folder ({root}); pick one "

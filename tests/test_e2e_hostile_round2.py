@@ -22,6 +22,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAE_APPROX = os.path.join(ROOT, ".host", "ComfyUI", "models", "vae_approx")
 
 
+@pytest.fixture(autouse=True)
+def clean_outputs(server):
+    """What these cases write goes again after each: other server tests count the files in the shared output."""
+    yield
+    for name in ("rt_poison", "rt_out"):
+        shutil.rmtree(os.path.join(server.output_dir, name), ignore_errors=True)
+
+
 def folder_of(server, name: str, files: dict) -> str:
     """A fresh folder ``name`` in the server's input folder holding ``files`` (name → writer(path))."""
     directory = os.path.join(server.input_dir, name)
