@@ -268,9 +268,10 @@ def weak_reason(report: dict, typical_gain: float | None) -> str | None:
 def protection_warning(reports: list[dict], typical_gain: float | None = None) -> str | None:
     """One line naming every image that went out unprotected, and why, then every image only weakly protected
     (gain far under ``typical_gain``, the preset's on ordinary art); None when every image is protected."""
-    bad = [(i, why) for i, r in enumerate(reports) if (why := unprotected_reason(r)) is not None]
-    weak = [(i, why) for i, r in enumerate(reports)
-            if unprotected_reason(r) is None and (why := weak_reason(r, typical_gain)) is not None]
+    reasons = [unprotected_reason(r) for r in reports]
+    bad = [(i, why) for i, why in enumerate(reasons) if why is not None]
+    weak = [(i, why) for i, (r, unprotected) in enumerate(zip(reports, reasons))
+            if unprotected is None and (why := weak_reason(r, typical_gain)) is not None]
     parts = []
     if bad:
         parts.append(f"WARNING: {len(bad)} of {len(reports)} image(s) NOT protected: "

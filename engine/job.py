@@ -28,8 +28,8 @@ import torch
 
 from . import metrics
 from .budgets import Frozen, quantize_to_8bit
-from .cloak import CloakResult, CloakSettings, check_images, format_report, latent_sizes, padder, shrink_to_floors, \
-    tile_side
+from .cloak import (MIN_TILE, CloakResult, CloakSettings, check_images, format_report, latent_sizes, padder,
+                    shrink_to_floors, tile_side)
 from .encoders import EncoderEnsemble, as_ensemble
 from .estimate import (CostEstimate, Passes, batch_bytes, estimate_cost, fits_in_memory, max_tile_side, probe,
                        refusal_message)
@@ -104,7 +104,7 @@ class CloakJob:
         probed = probe(self.encoder, precision=s.precision)
         memory_tile = max_tile_side(probed, ph, pw, free_bytes, self.passes, self.encoder.multiple,
                                     batch_bytes(ph, pw, b) if shared else 0.0)
-        self.tile = tile_side(s, ph, pw, memory_tile or 64, self.device.type)
+        self.tile = tile_side(s, ph, pw, memory_tile or MIN_TILE, self.device.type)
         passes = dataclasses.replace(self.passes, tile=self.tile, margin=s.margin if self.tile else 0)
         self.estimate = estimate_cost(probed, ph, pw, b, s.steps, self.encoder.multiple, passes, shared)
         if not memory_tile or not fits_in_memory(self.estimate, free_bytes):

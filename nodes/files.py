@@ -25,6 +25,11 @@ def windows_problem(part: str) -> str | None:
     return None
 
 
+def is_absolute(folder: str) -> bool:
+    """A path from the file system's root, the home folder or a Windows drive, in either separator style."""
+    return folder.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", folder) is not None
+
+
 def inside(root: str, path: str) -> bool:
     """Whether ``path`` resolves (symlinks followed) inside ``root``."""
     base, real = os.path.realpath(root), os.path.realpath(path)
@@ -40,7 +45,7 @@ def input_subfolder(root: str, folder: str) -> str:
         raise ValueError(f"folder {folder!r} contains a control character; pick a folder inside ComfyUI's input "
                          "folder from the list")
     parts = folder.replace("\\", "/").split("/")
-    if folder.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", folder) or any(p in ("..", ".") for p in parts):
+    if is_absolute(folder) or any(p in ("..", ".") for p in parts):
         raise ValueError(f"folder {folder!r} is not a folder inside ComfyUI's input folder ({root}); pick one "
                          "from the list")
     path = os.path.join(os.path.realpath(root), *[p for p in parts if p])
@@ -58,7 +63,7 @@ def safe_subfolder(root: str, folder: str, max_part: int = MAX_NAME) -> str:
     parts = folder.strip().replace("\\", "/").split("/")
     if len(folder.encode()) > 8 * MAX_NAME:  # many short parts can still pass the system's path length limit
         raise ValueError(f"folder {folder[:40]!r}... is {len(folder)} characters long; use at most {8 * MAX_NAME}")
-    if folder.strip().startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", folder.strip()):
+    if is_absolute(folder.strip()):
         raise ValueError(f"folder {folder!r} is an absolute path; give a folder inside ComfyUI's output folder")
     if any(p in ("..", ".") for p in parts):
         raise ValueError(f"folder {folder!r} climbs out of (or around in) ComfyUI's output folder; "
@@ -69,11 +74,12 @@ def safe_subfolder(root: str, folder: str, max_part: int = MAX_NAME) -> str:
         if len(p.encode()) > max_part:
             raise ValueError(f"folder {folder[:40]!r}...: a folder name may be at most {max_part} characters "
                              f"(got {len(p)}); choose a shorter one")
-        if p and windows_problem(p):
-            raise ValueError(f"folder {folder!r}: {windows_problem(p)}; choose another name")
+        problem = windows_problem(p) if p else None
+        if problem:
+            raise ValueError(f"folder {folder!r}: {problem}; choose another name")
     base = os.path.realpath(root)
     path = os.path.realpath(os.path.join(base, *[p for p in parts if p]))
-    if os.path.commonpath([base, path]) != base:  # e.g. a symlink inside output pointing elsewhere
+    if not inside(base, path):  # e.g. a symlink inside output pointing elsewhere
         raise ValueError(f"folder {folder!r} resolves to {path}, outside ComfyUI's output folder {base}")
     return path
 
@@ -86,8 +92,9 @@ def plain_name(value: str, what: str) -> str:
         raise ValueError(f"{what} {value!r} may use only letters, digits, space, '_', '-', '.' (no path separators)")
     if len(value) > MAX_NAME:
         raise ValueError(f"{what} {value[:40]!r}... is {len(value)} characters long; use at most {MAX_NAME}")
-    if windows_problem(value):
-        raise ValueError(f"{what}: {windows_problem(value)}; choose another name")
+    problem = windows_problem(value)
+    if problem:
+        raise ValueError(f"{what}: {problem}; choose another name")
     return value
 
 

@@ -142,9 +142,10 @@ def test_a_concept_of_the_documented_maximum_length_is_saved(server):
 @pytest.mark.parametrize("name", ["rt odd_name (1)", "rt_ünïcode"])
 def test_folders_the_dropdown_offers_are_loaded(server, name):
     folder_of(server, name, {"a.png": png(texture())})
-    offered = server._request("GET", "/object_info/LoadArtworkFolder")["LoadArtworkFolder"]["input"]["required"]
-    assert name in offered["folder"][0] if isinstance(offered["folder"][0], list) else offered["folder"][1]["options"]
-    server.run(portfolio_graph(server, name, "rt_out/dropdown"))
+    spec = server._request("GET", "/object_info/LoadArtworkFolder")["LoadArtworkFolder"]["input"]["required"]["folder"]
+    choices = spec[0] if isinstance(spec[0], list) else spec[1]["options"]
+    assert name in choices, choices  # the dropdown offers it ...
+    server.run(portfolio_graph(server, name, "rt_out/dropdown"))  # ... and the node loads it
 
 
 def test_input_folder_errors_name_the_input_folder(server, tmp_path):
@@ -257,7 +258,7 @@ def test_portfolio_names_keep_the_source_extension_when_stems_collide(server):
                                          ("folder", "rt/lpt1.txt"), ("filename_prefix", "nul")])
 def test_names_windows_cannot_create_are_refused(server, field, value):
     message = error_of(server, poison_save_graph(server, **{field: value}))
-    assert "Windows" in message and repr(value.strip()) in message or value.strip() in message, message
+    assert "Windows" in message and value.strip() in message, message
 
 
 def test_windows_reserved_portfolio_folder_is_refused(server):
