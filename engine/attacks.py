@@ -56,7 +56,9 @@ class AttackContext:
     ``autoencode(pixels) -> pixels``  ``D(E(x))``, differentiable; given sides a multiple of ``multiple``;
     ``diffuse(pixels, strength, seed) -> pixels``  noise to ``strength`` (0..1 of the schedule) and denoise;
     ``should_stop()`` checked between attacks and at every IMPRESS step;
-    ``on_attack(done, total, label)`` called as each attack ends (progress).
+    ``on_attack(done, total, label)`` called as each attack ends (progress);
+    ``diffuse_label``  what ``diffuse`` is, shown on its rows (e.g. "miniature purifier");
+    ``no_diffuse``     why there is no ``diffuse``, shown on the skipped rows.
     """
 
     autoencode: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -64,6 +66,8 @@ class AttackContext:
     multiple: int = 8
     should_stop: Callable[[], bool] | None = None
     on_attack: Callable[[int, int, str], None] | None = None
+    diffuse_label: str = ""
+    no_diffuse: str = "needs a diffusion model: wire vae, model and positive"
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -385,11 +389,13 @@ def check_survival(original: torch.Tensor, cloaked: torch.Tensor, objective_for:
     for n, attack in enumerate(attacks):
         if ctx.should_stop is not None and ctx.should_stop():
             raise Cancelled(f"cancelled before attack {attack.spec}")
-        out = Outcome(attack.spec, attack.label)
+        label = f"{attack.label} ({ctx.diffuse_label})" if attack.kind.needs == "model" and ctx.diffuse_label \
+            else attack.label
+        out = Outcome(attack.spec, label)
         missing = {"vae": ctx.autoencode, "model": ctx.diffuse}.get(attack.kind.needs, True) is None
         if missing:
             out.status, out.reason = "skipped", ("needs a VAE: wire vae" if attack.kind.needs == "vae"
-                                                 else "needs a diffusion model: wire vae, model and positive")
+                                                 else ctx.no_diffuse)
         else:
             start = time.perf_counter()
             attacked_original, warp = attack(original, ctx, seed)

@@ -5,6 +5,7 @@ round trip; noise-and-denoise with ComfyUI's own sampler) and draws the chart.""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import torch
@@ -19,6 +20,8 @@ from ..engine import as_ensemble, padder
 from ..engine.attacks import (BROKEN, DEFAULT_ATTACKS, HOLDS, VERDICT_RULE, AttackContext, check_survival,
                               cloak_objectives, parse_attacks)
 from ..engine.cloak import check_images
+from ..engine.miniature import load as load_miniature
+from ..engine.purifier import find_purifier, miniature_diffuse
 from .comfy_adapters import anchor_to_engine, grad_work, image_to_comfy, image_to_engine, vae_encoder
 from .schema import CloakEncoder, StyleTarget
 
@@ -65,6 +68,8 @@ def diffusion_purifier(model, positive, vae, steps: int, cfg: float, sampler: st
 
     return diffuse
 
+
+PURIFIER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "miniature")
 
 VERDICT_COLOURS = {"holds": (46, 160, 67), "weakened": (230, 150, 30), "broken": (210, 50, 50),
                    "no cloak": (128, 128, 128), "skipped": (90, 90, 90)}
@@ -166,7 +171,10 @@ class RobustnessCheck(io.ComfyNode):
                              tooltip="For the VAE round trip, IMPRESS and diffusion purification. Without it, a TAE "
                                      "encoder whose *_decoder file lies beside it purifies through that decoder."),
                 io.Model.Input("model", optional=True,
-                               tooltip="A diffusion model for DiffPure / noisy upscaling (with vae and positive)."),
+                               tooltip="A diffusion model for DiffPure / noisy upscaling (with vae and positive). "
+                                       "Without it, a TAE encoder with its decoder (TAEF2, the demo TAESD) "
+                                       "purifies with the pack's miniature purifier (models/miniature): "
+                                       "far weaker than SD's, see the README."),
                 io.Conditioning.Input("positive", optional=True,
                                       tooltip="Conditioning the purifier denoises under (e.g. a caption)."),
                 io.Int.Input("purify_steps", default=20, min=1, max=200,
@@ -221,6 +229,17 @@ class RobustnessCheck(io.ComfyNode):
         with_decoder = next((m for m in ensemble.members if m.decode is not None), None)
         if vae is None and with_decoder is not None:
             ctx.autoencode, ctx.multiple = tae_autoencoder(with_decoder)  # a real decoder beside the TAE
+        if model is None and any(a.kind.needs == "model" for a in chosen):
+            purifier_member = with_decoder if vae is None else vae_encoder(vae, keep_decoder=True)
+            if purifier_member is not None:
+                if purifier_member.prepare is not None:
+                    purifier_member.prepare()
+                found = find_purifier(purifier_member, PURIFIER_DIR)
+                if found.path is None:
+                    ctx.no_diffuse = f"needs a diffusion model: wire vae, model and positive ({found.reason})"
+                else:  # the pack's generic miniature purifier over these latents (weak next to SD's: README)
+                    ctx.diffuse = miniature_diffuse(purifier_member, load_miniature(found.path, device), found.scale)
+                    ctx.diffuse_label = "miniature purifier"
         if vae is not None:
             ctx.autoencode, ctx.multiple = vae_autoencoder(vae)
             if model is not None:

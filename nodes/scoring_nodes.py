@@ -16,6 +16,7 @@ from .comfy_adapters import image_to_comfy, image_to_engine
 from .schema import CloakEncoder
 
 ROW_LABELS = ("artist (clean set)", "target style", "LoRA on clean set", "LoRA on cloaked set")
+MODEL_KINDS = {"LoRA": ROW_LABELS, "miniature mimic": ROW_LABELS[:2] + ("mimic on clean set", "mimic on cloaked set")}
 LABEL_WIDTH = 150
 
 
@@ -30,29 +31,30 @@ def image_list(values: list, what: str) -> list[torch.Tensor]:
     return out
 
 
-def labelled_grid(rows: list[list[torch.Tensor]], tile: int) -> torch.Tensor:
+def labelled_grid(rows: list[list[torch.Tensor]], tile: int, labels: tuple[str, ...] = ROW_LABELS) -> torch.Tensor:
     """The image grid with a white label column on the left; engine layout ``[1, 3, H, W]``."""
     grid = image_grid(rows, tile)
     label = Image.new("RGB", (LABEL_WIDTH, grid.shape[-2]), "white")
     draw, font = ImageDraw.Draw(label), ImageFont.load_default()
-    for i, text in enumerate(ROW_LABELS[:len(rows)]):
+    for i, text in enumerate(labels[:len(rows)]):
         draw.text((6, 4 + i * (tile + 4) + tile // 2 - 6), text, fill="black", font=font)
     column = torch.from_numpy(np.asarray(label, dtype=np.float32) / 255.0).movedim(-1, 0)[None]
     return torch.cat([column, grid], -1)
 
 
-def markdown_report(scores: dict, counts: dict) -> str:
+def markdown_report(scores: dict, counts: dict, kind: str = "LoRA") -> str:
+    names = {"clean_lora": f"{kind} on clean set", "cloaked_lora": f"{kind} on cloaked set"}
     lines = ["### Style mimicry test", "",
              "Distances are in units of the artist-to-target gap; **target share** = d(artist) / (d(artist) + "
-             "d(target)): 0 = the artist's style, 1 = the target style. The cloak works when the cloaked-set "
-             "LoRA's share is higher than the clean-set LoRA's.", "",
-             "| LoRA | measure | to artist | to target | target share |", "|---|---|---|---|---|"]
+             f"d(target)): 0 = the artist's style, 1 = the target style. The cloak works when the cloaked-set "
+             f"{kind}'s share is higher than the clean-set {kind}'s.", "",
+             f"| {kind} | measure | to artist | to target | target share |", "|---|---|---|---|---|"]
     for name in ("clean_lora", "cloaked_lora"):
         for measure, p in scores[name].items():
-            lines.append(f"| {name.replace('_', ' ')} | {measure} | {p['to_artist']:.3f} | {p['to_target']:.3f} | "
+            lines.append(f"| {names[name]} | {measure} | {p['to_artist']:.3f} | {p['to_target']:.3f} | "
                          f"{p['target_share']:.3f} |")
     lines += ["", "| measure | further from the artist |", "|---|---|"]
-    lines += [f"| {m} | {w.replace('_', ' ')} |" for m, w in scores["verdict"].items()]
+    lines += [f"| {m} | {names.get(w, w.replace('_', ' '))} |" for m, w in scores["verdict"].items()]
     lines += ["", "Images: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ". With random or barely trained "
               "models these numbers show that the test runs, not that the cloak protects."]
     return "\n".join(lines)
@@ -81,6 +83,9 @@ class StyleMimicryScore(io.ComfyNode):
                                                        "prompts and seeds."),
                 io.Int.Input("tile", default=128, min=32, max=1024, step=8,
                              tooltip="Size of each image's cell in the side-by-side grid, in pixels."),
+                io.Combo.Input("model_kind", options=list(MODEL_KINDS), default="LoRA", optional=True,
+                               tooltip="What made the generations (labels the grid's rows and the report): a LoRA, "
+                                       "or Train/Sample Miniature Mimic."),
             ],
             outputs=[
                 io.Image.Output(display_name="grid", tooltip="Rows: your images, the target style, the clean-set "
@@ -92,8 +97,9 @@ class StyleMimicryScore(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, encoder, artist, target, clean_lora, cloaked_lora, tile) -> io.NodeOutput:
+    def execute(cls, encoder, artist, target, clean_lora, cloaked_lora, tile, model_kind=("LoRA",)) -> io.NodeOutput:
         ensemble, tile = as_ensemble(encoder[0]), tile[0]
+        kind = model_kind[0] if isinstance(model_kind, (list, tuple)) else model_kind
         sets = {"artist": image_list(artist, "artist"), "target": image_list(target, "target"),
                 "clean_lora": image_list(clean_lora, "clean_lora"),
                 "cloaked_lora": image_list(cloaked_lora, "cloaked_lora")}
@@ -106,8 +112,8 @@ class StyleMimicryScore(io.ComfyNode):
         with torch.no_grad():
             scores = mimicry_scores(sets["artist"], sets["target"],
                                     {k: sets[k] for k in ("clean_lora", "cloaked_lora")}, encode)
-        grid = image_to_comfy(labelled_grid([sets[k] for k in sets], tile))
-        report = markdown_report(scores, {k: len(v) for k, v in sets.items()})
+        grid = image_to_comfy(labelled_grid([sets[k] for k in sets], tile, MODEL_KINDS[kind]))
+        report = markdown_report(scores, {k: len(v) for k, v in sets.items()}, "mimic" if kind != "LoRA" else kind)
         figures = json.dumps(scores, indent=1)
         preview = ui.PreviewImage(grid, cls=cls).as_dict()  # the grid on the node; the text for API clients
         return io.NodeOutput(grid, report, figures, ui={**preview, "text": [report, figures]})

@@ -125,6 +125,44 @@ Trains two LoRAs with ComfyUI's own **Train LoRA** (one on your clean images, on
 For a real answer: your SD1.5 checkpoint, 10+ images, a few hundred training steps (GPU). With the shipped tiny random-weight checkpoint the scores only show that the test runs."""
 
 
+NOTE_MINIATURE = """## Mimicry in miniature, on a CPU
+Trains two small latent diffusion models from scratch (**Train Miniature Mimic**: one on crops of your clean images, one on the cloaked copies, same seed), draws samples from each (**Sample Miniature Mimic**, same seed) and scores where the samples land between your style and the target style (**Style Mimicry Score**). The cloak works when the cloaked-set mimic has the higher **target share**.
+
+What it shows: local style (colour, texture, strokes) at the crop's scale, learned through the encoder's latents, in minutes on a CPU. What it cannot: a full SD LoRA on a GPU (that is the *lora_mimicry_test* workflow), composition, or prompts. For a real answer: set the encoder's tae_name to **taef2_encoder.pth** (with its decoder beside it), 10+ images, 1500 steps; the demo TAESD is a toy. The README's mimicry table says what the bench measured."""
+
+
+def mimicry_miniature(info: dict) -> dict:
+    g = Graph(info)
+    art = g.add("LoadImage", 0, {"image": "coffee.png"}, title="Your images", height=340)
+    style_img = g.add("LoadImage", 0, {"image": "coffee_style.png"}, title="Target style image", height=340)
+    enc = g.add("LoadVAEEncoder", 1, {"tae_name": "taesd_encoder.safetensors"},
+                title="Encoder: a TAE with its decoder (taef2 for real)")
+    style = g.add("StyleTargetLatents", 1, {"mode": "per_image"})
+    glaze = g.add("GlazePerturb", 1, height=260)
+    train = {"steps": 1500, "seed": 0, "crop_size": 128}
+    t_clean = g.add("TrainMiniatureMimic", 2, train, title="Train mimic: clean set")
+    t_cloak = g.add("TrainMiniatureMimic", 2, train, title="Train mimic: cloaked set")
+    s_clean = g.add("SampleMiniatureMimic", 3, {"count": 16, "seed": 1000}, title="Samples: clean-set mimic")
+    s_cloak = g.add("SampleMiniatureMimic", 3, {"count": 16, "seed": 1000}, title="Samples: cloaked-set mimic")
+    score = g.add("StyleMimicryScore", 4, {"model_kind": "miniature mimic"}, height=460, width=340)
+    report = g.add("PreviewAny", 5, title="Scores (Markdown)", height=360, width=560)
+    train_report = g.add("PreviewAny", 5, title="Training report (cloaked)", height=160, width=560)
+    g.add("MarkdownNote", 0, title="How to use", height=330, width=340, text=NOTE_MINIATURE)
+    for a, o, b, i in (
+            (enc, "encoder", style, "encoder"), (style_img, "IMAGE", style, "style"),
+            (art, "IMAGE", glaze, "image"), (enc, "encoder", glaze, "encoder"),
+            (style, "style_target", glaze, "style_target"),
+            (art, "IMAGE", t_clean, "images"), (enc, "encoder", t_clean, "encoder"),
+            (glaze, "cloaked", t_cloak, "images"), (enc, "encoder", t_cloak, "encoder"),
+            (t_clean, "mimic", s_clean, "mimic"), (t_cloak, "mimic", s_cloak, "mimic"),
+            (enc, "encoder", score, "encoder"), (art, "IMAGE", score, "artist"),
+            (style_img, "IMAGE", score, "target"), (s_clean, "samples", score, "clean_lora"),
+            (s_cloak, "samples", score, "cloaked_lora"),
+            (score, "report", report, "source"), (t_cloak, "report", train_report, "source")):
+        g.link(a, o, b, i)
+    return g.to_json()
+
+
 def glaze_img2img_target(info: dict) -> dict:
     g = Graph(info)
     art = g.add("LoadImage", 0, {"image": "coffee.png"}, title="Artwork", height=340)
@@ -219,7 +257,7 @@ def lora_mimicry_test(info: dict) -> dict:
 
 
 BUILDERS = {"glaze_img2img_target": glaze_img2img_target, "glaze_portfolio": glaze_portfolio,
-            "lora_mimicry_test": lora_mimicry_test}
+            "lora_mimicry_test": lora_mimicry_test, "mimicry_miniature": mimicry_miniature}
 
 
 def main() -> None:

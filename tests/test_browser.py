@@ -101,7 +101,8 @@ RENDERED_TABLES = """
 return [...document.querySelectorAll("table")].filter(t => t.offsetParent !== null && t.rows.length > 1)
   .map(t => t.innerText.toLowerCase().slice(0, 400));
 """
-TABLES_EXPECTED = {"robustness_report": "verdict", "lora_mimicry_test": "target share"}
+TABLES_EXPECTED = {"robustness_report": "verdict", "lora_mimicry_test": "target share",
+                   "mimicry_miniature": "target share"}
 
 OUTPUTS_SHOWN = """
 const missing = [];
@@ -144,8 +145,14 @@ def check_mimicry(server, entry):
         json.dump(scores, f, indent=1)
 
 
+def check_miniature(server, entry):
+    shown = "\n".join(sum(texts(entry).values(), []))
+    assert "mimic on cloaked set" in shown and "TrainMiniatureMimic |" in shown, shown[:2000]
+    check_mimicry(server, entry)
+
+
 CHECKS = {"glaze_img2img_target": check_img2img, "glaze_portfolio": check_portfolio,
-          "lora_mimicry_test": check_mimicry}
+          "lora_mimicry_test": check_mimicry, "mimicry_miniature": check_miniature}
 
 
 @pytest.fixture(scope="module")

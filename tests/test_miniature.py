@@ -41,7 +41,7 @@ def test_a_class_conditional_miniature_fits_each_class_and_is_moved_by_its_data(
         fit = M.fit_ratio(features(out), fz[y == cls], fz[y == 0], fz[y == 1])
         other = M.fit_ratio(features(out), fz[y != cls], fz[y == 0], fz[y == 1])
         assert fit < 0.25 and other > 0.75, (cls, fit, other)  # its own class's style, not the other's
-    path = str(tmp_path / "mini.pt")
+    path = str(tmp_path / "mini.safetensors")
     M.save(model, path)
     again = M.load(path)
     assert torch.equal(M.sample(again, 4, (8, 8), steps=5, seed=2, labels=torch.zeros(4, dtype=torch.long)),
@@ -61,3 +61,78 @@ def test_same_seed_same_model_and_clear_errors():
         M.train(z, None, M.MiniConfig(channels=4, classes=2), settings)
     with pytest.raises(ValueError, match="NaN"):
         M.train(torch.full_like(z, float("nan")), None, M.MiniConfig(channels=4), settings)
+
+
+def test_purify_pulls_an_off_distribution_latent_back_toward_the_training_style(tmp_path):
+    """DiffPure in miniature: latents of class 0 with a perturbation the data never had (a checkerboard in channel
+    1, as a cloak's fine pattern) are denoised at strength 0.6 toward the training data; strength 0.05 keeps more
+    of the pattern."""
+    z, y = two_styles()
+    model = M.train(z[y == 0], None, M.MiniConfig(channels=4, width=32),
+                    M.TrainSettings(steps=250, batch=32, lr=3e-3, seed=0))
+    x = z[y == 0][:16].clone()
+    checker = ((torch.arange(8)[:, None] + torch.arange(8)[None]) % 2 * 2 - 1).float()
+    bad = x.clone()
+    bad[:, 1] += 0.6 * checker
+    strong = M.purify(model, bad, 0.6, steps=20, seed=0)
+    weak = M.purify(model, bad, 0.05, steps=20, seed=0)
+    assert strong.shape == bad.shape and torch.isfinite(strong).all()
+    pattern = lambda v: float(((v[:, 1] - x[:, 1]) * checker).mean())  # noqa: E731  the checkerboard left
+    assert abs(pattern(strong)) < 0.75 * pattern(bad), (pattern(strong), pattern(bad))  # measured 0.59
+    assert pattern(weak) > abs(pattern(strong)) + 0.1
+    assert torch.equal(M.purify(model, bad, 0.6, steps=20, seed=0), strong)  # seeded
+    import pytest
+    with pytest.raises(ValueError, match="strength"):
+        M.purify(model, bad, 0.0)
+    # saved as safetensors (float16 when asked), with metadata; a file that is not one is refused by name
+    path = str(tmp_path / "purifier.safetensors")
+    M.save(model, path, half=True, tae="test")
+    assert M.read_metadata(path)["tae"] == "test"
+    again = M.load(path)
+    assert (M.purify(again, bad, 0.6, steps=20, seed=0) - strong).abs().max() < 0.05
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="junk.safetensors"):
+        M.load(str(junk))
+
+
+def test_crops_cover_the_whole_image_and_refuse_small_ones():
+    x = torch.rand(2, 3, 100, 70)
+    c = M.crops(x, 32, 16)
+    ys, xs = [0, 16, 32, 48, 64, 68], [0, 16, 32, 38]
+    assert c.shape == (2 * len(ys) * len(xs), 3, 32, 32)
+    assert torch.equal(c[len(ys) * len(xs) - 1], x[0, :, 68:100, 38:70])  # the last crop is flush with the corner
+    import pytest
+    with pytest.raises(ValueError, match="smaller than the 128"):
+        M.crops(torch.rand(1, 3, 100, 200), 128, 64)
+
+
+class Doubled(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return 2 * self.inner(x)
+
+
+def test_a_purifier_is_found_only_for_the_encoder_it_was_trained_on(tmp_path):
+    """The probe fingerprint tells latent spaces apart: another encoder of the same shape is refused, with the
+    reason and the way out; the same encoder at twice the scale (as ComfyUI's VAE wrapper scales a TAE) is found,
+    with its scale."""
+    P = __import__(E.__name__ + ".purifier", fromlist=["find_purifier"])
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 8, stride=8)
+    enc, doubled = E.module_encoder(conv, "a"), E.module_encoder(Doubled(conv), "a2")
+    other = E.module_encoder(torch.nn.Conv2d(3, 4, 8, stride=8), "b")
+    model = M.train(torch.randn(8, 4, 4, 4), None, M.MiniConfig(channels=4, width=16),
+                    M.TrainSettings(steps=2, batch=4))
+    found = P.find_purifier(enc, str(tmp_path))
+    assert found.path is None and "no miniature purifier" in found.reason
+    M.save(model, str(tmp_path / "purifier_a.safetensors"), **P.fingerprint_metadata(enc))
+    found = P.find_purifier(enc, str(tmp_path))
+    assert found.path.endswith("purifier_a.safetensors") and abs(found.scale - 1) < 1e-5
+    assert abs(P.find_purifier(doubled, str(tmp_path)).scale - 2) < 1e-4
+    wrong = P.find_purifier(other, str(tmp_path))
+    assert wrong.path is None and "purifier_a.safetensors (probe latent cosine" in wrong.reason, wrong
+    assert "scripts/train_purifier.py" in wrong.reason

@@ -12,7 +12,7 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_ARTWORK = "coffee_small_test.png"  # 96x64 copy of samples/coffee.png, written into the input folder
-NEW_WORKFLOWS = ("glaze_img2img_target", "glaze_portfolio", "lora_mimicry_test")
+NEW_WORKFLOWS = ("glaze_img2img_target", "glaze_portfolio", "lora_mimicry_test", "mimicry_miniature")
 
 # class_type -> widget values; a LoadImage showing coffee.png gets SMALL_ARTWORK instead
 QUICK = {
@@ -21,6 +21,8 @@ QUICK = {
     "KSampler": {"steps": 3},
     "TrainLoraNode": {"steps": 2, "training_dtype": "fp32", "lora_dtype": "fp32", "gradient_checkpointing": False},
     "EmptyLatentImage": {"width": 64, "height": 64},
+    "TrainMiniatureMimic": {"steps": 4, "crop_size": 32},
+    "SampleMiniatureMimic": {"count": 2, "sampler_steps": 3},
 }
 
 

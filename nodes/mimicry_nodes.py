@@ -1,0 +1,146 @@
+"""Mimicry in miniature, for a CPU: train a small latent diffusion model (engine/miniature.py) on an artist's images
+through a TAE, sample from it, and compare a model trained on the clean images with one trained on the cloaked
+ones (StyleMimicryScore scores the samples). It shows local style and texture at a small scale, in minutes; a full
+SD LoRA on a GPU is the lora_mimicry_test workflow."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+import comfy.model_management as mm
+import comfy.utils
+from comfy_api.latest import io
+
+from ..engine import as_ensemble
+from ..engine import miniature as M
+from .comfy_adapters import grad_work, image_to_comfy, image_to_engine
+from .schema import CloakEncoder
+
+MiniatureMimic = io.Custom("MINIATURE_MIMIC")
+ENCODE_CHUNK = 16
+
+
+@dataclass(frozen=True)
+class Mimic:
+    """What flows along a MINIATURE_MIMIC wire: the trained model, the TAE whose latents it learned (and whose
+    decoder draws its samples), the crop side it learned from and a one-line summary."""
+
+    model: M.MiniUNet
+    member: object
+    crop: int
+    summary: str
+
+
+def decoding_member(encoder):
+    """The one encoder of ``encoder`` that carries its decoder (a TAE loaded by file, e.g. TAEF2), or a clear error."""
+    members = [m for m in as_ensemble(encoder).members if m.decode is not None]
+    if not members:
+        raise ValueError("the miniature mimic needs an encoder with its decoder: in LoadVAEEncoder set vae_name to "
+                         "none and tae_name to a TAE encoder whose *_decoder file lies beside it (e.g. "
+                         "taef2_encoder.pth, or the demo's taesd_encoder.safetensors)")
+    return members[0]
+
+
+class TrainMiniatureMimic(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="TrainMiniatureMimic",
+            display_name="Train Miniature Mimic (Cloak)",
+            category="cloak/mimicry",
+            description="Trains a small latent diffusion model from scratch on crops of your images, through the "
+                        "encoder's latents: a mimic in miniature. Train one on your clean images and one on the "
+                        "cloaked copies (same seed), then compare their samples. Minutes on a CPU.",
+            inputs=[
+                io.Image.Input("images", tooltip="The set the mimic learns from (a batch; each image at least "
+                                                 "crop_size on both sides)."),
+                CloakEncoder.Input("encoder", tooltip="From LoadVAEEncoder with a TAE file and its decoder (TAEF2 "
+                                                      "for a real answer; the demo TAESD is a toy)."),
+                io.Int.Input("steps", default=1500, min=10, max=50000,
+                             tooltip="Training steps (batch 32). ~1500 for a model that reproduces its set's style "
+                                     "(the README's fit check); fewer only to try the graph."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
+                             tooltip="Seeds the weights, data order and noise: use the same seed for the clean and "
+                                     "cloaked mimics, so the only difference is the data."),
+                io.Int.Input("crop_size", default=128, min=32, max=512, step=16,
+                             tooltip="Side of the square crops cut from your images (a grid at half this stride); "
+                                     "the mimic learns style at this scale. A multiple of 16."),
+            ],
+            outputs=[
+                MiniatureMimic.Output(display_name="mimic", tooltip="The trained miniature model: wire it into "
+                                                                     "Sample Miniature Mimic."),
+                io.String.Output(display_name="report", tooltip="Crops, latent size, steps, final loss, seconds."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, images, encoder, steps, seed, crop_size) -> io.NodeOutput:
+        member = decoding_member(encoder)
+        unit = member.multiple * 2
+        if crop_size % unit:
+            raise ValueError(f"crop_size {crop_size} must be a multiple of {unit} for this encoder (its downscale "
+                             f"{member.multiple} x the mimic's 2 levels)")
+        pixels = image_to_engine(images, "images")
+        x = M.crops(pixels, crop_size, crop_size // 2)
+        if member.prepare is not None:
+            member.prepare()
+        bar = comfy.utils.ProgressBar(steps)
+        with torch.no_grad():
+            z = torch.cat([member(x[i:i + ENCODE_CHUNK].to(member.device)).float()
+                           for i in range(0, x.shape[0], ENCODE_CHUNK)])
+        config = M.MiniConfig(channels=z.shape[1], width=64, noise_shift=0.5)
+        settings = M.TrainSettings(steps=steps, batch=32, seed=seed, bf16=M.bf16_is_fast(z.device))
+        last = {}
+
+        def on_step(done, total, loss):
+            mm.throw_exception_if_processing_interrupted()
+            last["loss"] = loss
+            bar.update_absolute(done, total)
+
+        start = time.perf_counter()
+        with grad_work():
+            model = M.train(z, None, config, settings, on_step=on_step)
+        seconds = time.perf_counter() - start
+        summary = (f"TrainMiniatureMimic | {x.shape[0]} crops of {crop_size}² from {pixels.shape[0]} image(s), latents "
+                   f"{list(z.shape[1:])} ({member.name}), {steps} steps, seed {seed}, final loss "
+                   f"{last.get('loss', float('nan')):.4f}, {seconds:.0f} s")
+        return io.NodeOutput(Mimic(model, member, crop_size, summary), summary)
+
+
+class SampleMiniatureMimic(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SampleMiniatureMimic",
+            display_name="Sample Miniature Mimic (Cloak)",
+            category="cloak/mimicry",
+            description="Draws new images from a miniature mimic (DDIM from seeded noise, decoded by the encoder's "
+                        "decoder): what a model trained on that set learned to paint.",
+            inputs=[
+                MiniatureMimic.Input("mimic", tooltip="From Train Miniature Mimic."),
+                io.Int.Input("count", default=16, min=1, max=256, tooltip="How many samples to draw."),
+                io.Int.Input("seed", default=1000, min=0, max=2**31 - 1,
+                             tooltip="Seeds the starting noise: the same seed for both mimics compares like with "
+                                     "like."),
+                io.Int.Input("sampler_steps", default=40, min=2, max=500, tooltip="DDIM steps per sample."),
+            ],
+            outputs=[io.Image.Output(display_name="samples", tooltip="count samples, crop_size² each.")],
+        )
+
+    @classmethod
+    def execute(cls, mimic, count, seed, sampler_steps) -> io.NodeOutput:
+        side = mimic.crop // mimic.member.multiple
+        bar = comfy.utils.ProgressBar(sampler_steps)
+
+        def on_step(done, total):
+            mm.throw_exception_if_processing_interrupted()
+            bar.update_absolute(done, total)
+
+        z = M.sample(mimic.model, count, (side, side), steps=sampler_steps, seed=seed,
+                     bf16=M.bf16_is_fast(mimic.model.mean.device), on_step=on_step)
+        with torch.no_grad():
+            out = torch.cat([mimic.member.decode(z[i:i + ENCODE_CHUNK].to(mimic.member.device)).float()
+                             for i in range(0, count, ENCODE_CHUNK)])
+        return io.NodeOutput(image_to_comfy(out.clamp(0, 1).cpu()))
