@@ -1,27 +1,29 @@
-"""Mimicry in miniature (issue 16), first section: does a miniature latent diffusion model trained here
-reproduce its own training set's style? (DESIGN.md §7: fit first; a protection score from a model that does not
-fit is no score.)
+"""Mimicry in miniature (issue 16): does a latent diffusion model trained on cloaked art draw the target style?
 
-Artists: sets of one consistent style made by bench/devset.py's generators with many seeds (flat colour, line
-art, brush-stroke painting, photographs), 256² sources cut into 128² crops, encoded with TAEF2 into
-``[32, 16, 16]`` latents. For each artist a model is trained on the clean crops and one on the target-style crops
-(same seed, same data order), 64 samples each are decoded with TAEF2's decoder, and the fit check is printed:
-the style distance from each model's samples to its own training set, in units of the artist → target distance,
-in two measures that the cloak is never made against: engine/style_score.py's pixel measure and Gram matrices
-of TAESANA's encoder features (a second pretrained network, another latent space). Both reference sets are the
-crops decoded through TAEF2 (D(E(x))), so the decoder's own loss of detail is not counted as a shift.
+Artists: sets of one consistent style (24 pictures of 256² each): flat colour and line art from
+bench/devset.py's generators with many seeds, brush-stroke paintings of photo tiles, and the photo tiles
+themselves (scikit-image's bundled photos). Each artist's target is devset's ``texture`` style of the same
+pictures (the style farthest from each, measured: see ``_with_targets``). Pictures are cut into 128² crops (9
+each), encoded with TAEF2 into ``[32, 16, 16]`` latents; a miniature model (engine/miniature.py: 2-level UNet,
+width 64, v-prediction, cosine schedule with its SNR shifted by 0.5², EMA, bf16 autocast where the CPU has it) is
+trained on each set with the same seed and data order; samples are decoded with TAEF2's decoder.
 
-    .host/venv/bin/python bench/bench_mimicry.py --artists flat --steps 600
-    .host/venv/bin/python bench/bench_mimicry.py                      # all four artists
+Sets: clean; cloaked by GlazePerturb's engine path at default (robustness on); the plain reference PGD at the
+8-bit L∞ level nearest each cloak's PSNR; Gaussian noise at each cloak's PSNR; the target; and the scraper's side:
+the cloaked set after JPEG q75 and after the pack's miniature purifier (trained on none of these artists,
+models/miniature); ``--resize`` adds a 0.5x down-up resize.
 
-Section ``shift`` (``--sections shift``): the same artist's sources cloaked by GlazePerturb's engine path
-(default, robustness on), by the plain reference PGD at the level nearest its PSNR (5/255) and by equal-PSNR
-Gaussian noise; a model trained on each set, and on the clean and target sets, with the same seed and data
-order; the target share of each model's samples, the perfect-mimic share (D(E(x')) of the set itself, no
-training) and each model's fit.
+Judges the cloak is never made against: engine/style_score.py's pixel measure and Gram matrices (+ means) of the
+first layers of TAESANA's encoder (a second pretrained network). Per model: the **target share** of its samples
+(0 = the artist's decoded crops D(E(x)), 1 = the target's), its **fit** (the distance from its samples' mean to
+its own training set's, in units of the artist-to-target distance; a model passes at <= 0.25), and the
+**perfect-mimic** share of its training set itself (D(E(x')) of each crop, no training).
 
-Trained models and cloaked sets are cached in bench/out/mimicry/ (keyed by the data, the seed and the
-settings). Not yet here: the scraper's pipeline (JPEG, resize, purification of the training set).
+    .host/venv/bin/python bench/bench_mimicry.py                                  # all four artists
+    .host/venv/bin/python bench/bench_mimicry.py --artists lineart --seeds 0,1,2
+    .host/venv/bin/python bench/bench_mimicry.py --quick --artists flat --steps 50  # a smoke run, no figure
+
+Cloaked sets and trained models are cached in bench/out/mimicry/ (keyed by the data, the seed and the settings).
 """
 from __future__ import annotations
 
@@ -37,19 +39,41 @@ import common
 import devset
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "mimicry")
+SOURCES = 24                     # pictures per artist, 256² each -> 9 crops of 128² each
+CONFIG = dict(width=64, noise_shift=0.5)
+SAMPLES, DDIM = 128, 40
 
 
-def artist_sources(name: str, count: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sources [count, 3, 256, 256], targets)`` of one artist: one consistent style over many seeds."""
+PHOTOS = ("coffee", "rocket", "chelsea", "astronaut", "immunohistochemistry", "colorwheel")
+
+
+def photo_tiles(count: int, side: int = 256) -> np.ndarray:
+    """``count`` different ``side``² tiles of scikit-image's bundled photos (a grid of each photo at its own size,
+    taken round-robin over the photos), ``[count, side, side, 3]`` in 0..1 on 8-bit levels."""
+    import skimage.data
+    per = []
+    for name in PHOTOS:
+        img = getattr(skimage.data, name)()[..., :3]
+        h, w = img.shape[:2]
+        ys = np.linspace(0, h - side, max(1, round((h - side) / (side / 2)) + 1)).round().astype(int)
+        xs = np.linspace(0, w - side, max(1, round((w - side) / (side / 2)) + 1)).round().astype(int)
+        per.append([img[y:y + side, x:x + side] for y in ys for x in xs])
+    out = [tiles[k] for k in range(max(map(len, per))) for tiles in per if k < len(tiles)]
+    if len(out) < count:
+        raise ValueError(f"only {len(out)} photo tiles of {side}² available, asked for {count}")
+    return np.stack(out[:count]).astype(np.float32) / 255
+
+
+def artist_sources(name: str, count: int = SOURCES) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sources [count, 3, 256, 256], targets)`` of one artist: one consistent style over many pictures."""
     if name == "flat":
         imgs = [devset._flat(256, 100 + i) for i in range(count)]
     elif name == "lineart":
         imgs = [devset._lineart(256, 200 + i) for i in range(count)]
     elif name == "painting":
-        photos = ("chelsea", "coffee", "astronaut", "rocket")
-        imgs = [devset._painting(devset._photo(photos[i % len(photos)], 256), 300 + i) for i in range(count)]
+        imgs = [devset._painting(tile, 300 + i) for i, tile in enumerate(photo_tiles(count))]
     elif name == "photo":
-        return _with_targets(common.photos(256, count), "photo")
+        imgs = list(photo_tiles(count))
     else:
         raise ValueError(f"unknown artist {name!r}; choose flat, lineart, painting or photo")
     x = torch.from_numpy(np.stack([np.round(i * 255) / 255 for i in imgs]).astype(np.float32)).permute(0, 3, 1, 2)
@@ -57,15 +81,12 @@ def artist_sources(name: str, count: int = 8) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _with_targets(x: torch.Tensor, name: str):
-    kind = "photo_x" if name == "photo" else name
-    return x, devset.targets_for(x, [kind] * x.shape[0])
-
-
-def crops(x: torch.Tensor, side: int = 128, stride: int = 64) -> torch.Tensor:
-    """Every ``side``² crop on a ``stride`` grid of each image: ``[N * k, 3, side, side]``."""
-    out = [x[..., i:i + side, j:j + side] for i in range(0, x.shape[-2] - side + 1, stride)
-           for j in range(0, x.shape[-1] - side + 1, stride)]
-    return torch.stack(out, 1).flatten(0, 1).contiguous()
+    """Every artist's target is devset's ``texture`` style of its own pictures (cross-hatched canvas, blurred forms,
+    a cool palette): measured here, it is the style farthest from each artist's relative to how much the artist's
+    own pictures differ among themselves (split-half floor, 24 sources: flat 0.37/0.14, line art 0.07/0.03,
+    painting 0.25/0.16, photo 0.25/0.18 in pixel/TAESANA units of the gap; devset's ``poster`` gave painting
+    0.40/0.41 and photo 0.38/0.44)."""
+    return x, devset.texture(x)
 
 
 class StyleJudge:
@@ -108,7 +129,7 @@ def decode(member, z: torch.Tensor) -> torch.Tensor:
 def trained(M, latents: torch.Tensor, settings, config, tag: str):
     """A model trained on ``latents``, from the cache when the same data, seed and settings were trained before."""
     key = hashlib.sha1(latents.numpy().tobytes() + repr((settings, config)).encode()).hexdigest()[:16]
-    path = os.path.join(OUT, f"{tag}-{key}.pt")
+    path = os.path.join(OUT, f"{tag}-{key}.safetensors")
     if os.path.isfile(path):
         return M.load(path), 0.0
     os.makedirs(OUT, exist_ok=True)
@@ -118,133 +139,181 @@ def trained(M, latents: torch.Tensor, settings, config, tag: str):
     return model, time.perf_counter() - start
 
 
-def section_fit(E, M, artists, steps, seeds, samples):
-    member = common.tae("taef2")
-    if member is None or member.decode is None:
-        raise SystemExit("TAEF2 encoder and decoder not found in ../shared/models/taef2: the bench needs them")
-    judge = StyleJudge(E)
-    config = M.MiniConfig(channels=32, width=64)
-    print(f"\n== fit: samples' style distance to their own training set / artist-to-target distance "
-          f"({steps} steps, batch 32, {samples} samples, 40 DDIM steps; target <= 0.25) ==")
-    print(f"{'artist':9} {'seed':>4} {'trained on':>10} {'crops':>5} {'train s':>7} "
-          + " ".join(f"{m + ' fit':>12} {m + ' share':>13}" for m in judge.measures()))
-    for name in artists:
-        x, t = artist_sources(name)
-        xc, tc = crops(x), crops(t)
-        za, zt = encode(member, xc), encode(member, tc)
-        ref = {"artist": decode(member, za), "target": decode(member, zt)}
-        feats = {m: {k: f(v) for k, v in ref.items()} for m, f in judge.measures().items()}
-        # the measure's own floor: the crops of half the sources against those of the other half (new pictures of
-        # the same style differ by this much), in the same units as the fit
-        half = za.shape[0] // 2
-        floors = {m: M.fit_ratio(v["artist"][:half], v["artist"][half:], v["artist"], v["target"])
-                  for m, v in feats.items()}
-        print(f"{name:9} floor (half the sources vs the other half): "
-              + ", ".join(f"{m} {v:.3f}" for m, v in floors.items()), flush=True)
-        for seed in seeds:
-            settings = M.TrainSettings(steps=steps, batch=32, seed=seed)
-            for label, z in (("clean", za), ("target", zt)):
-                model, sec = trained(M, z, settings, config, f"{name}-{label}")
-                out = decode(member, M.sample(model, samples, tuple(z.shape[-2:]), steps=40, seed=1000 + seed))
-                cells = []
-                for m, f in judge.measures().items():
-                    fs, fa, ft = f(out), feats[m]["artist"], feats[m]["target"]
-                    fit = M.fit_ratio(fs, fa if label == "clean" else ft, fa, ft)
-                    share = (fs.mean(0) - fa.mean(0)).norm() / ((fs.mean(0) - fa.mean(0)).norm()
-                                                                 + (fs.mean(0) - ft.mean(0)).norm()).clamp_min(1e-12)
-                    cells.append(f"{fit:12.3f} {float(share):13.3f}")
-                print(f"{name:9} {seed:>4} {label:>10} {z.shape[0]:>5} {sec:7.0f} " + " ".join(cells), flush=True)
-
-
 def target_share(fs: torch.Tensor, fa: torch.Tensor, ft: torch.Tensor) -> float:
     """Where a set's mean style lies between the artist's (0) and the target's (1)."""
     da, dt = (fs.mean(0) - fa.mean(0)).norm(), (fs.mean(0) - ft.mean(0)).norm()
     return float(da / (da + dt).clamp_min(1e-12))
 
 
+def quantise(x: torch.Tensor) -> torch.Tensor:
+    return torch.round(x.clamp(0, 1) * 255) / 255
+
+
 def cloaked_sets(E, enc, x, t, cache: str) -> dict:
     """The artist's sources cloaked three ways, cached: GlazePerturb's engine path at default (robustness on),
-    the plain reference PGD at the 8-bit level nearest default's PSNR (5/255, no EOT), and Gaussian noise at each
-    cloak's own PSNR; plus each image's PSNR."""
+    the plain reference PGD at the 8-bit level nearest each cloak's own PSNR (no EOT), and Gaussian noise at each
+    cloak's own PSNR; plus the mean PSNR of each."""
     if os.path.isfile(cache):
         return torch.load(cache, weights_only=True)
     import glaze_eval as G
     sets = {"cloaked": [], "reference": [], "noise": []}
     psnr = {k: [] for k in sets}
     gen = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
     for i in range(x.shape[0]):
         xi, ti = x[i:i + 1], t[i:i + 1]
         ours, rep = G.cloak(E, enc, xi, ti, E.settings_for("default", "default", "on"))
-        ref, ref_rep = G.cloak(E, enc, xi, ti, E.reference_settings(5 / 255, 100))
+        level = G.reference_level(float(E.psnr(ours, xi)[0]))
+        ref, ref_rep = G.cloak(E, enc, xi, ti, E.reference_settings(level / 255, 100))
         rmse = float((ours - xi).pow(2).mean().sqrt())
         noise = torch.randn(xi.shape, generator=gen)
-        noisy = torch.round((xi + noise * rmse / float(noise.pow(2).mean().sqrt())).clamp(0, 1) * 255) / 255
+        noisy = quantise(xi + noise * rmse / float(noise.pow(2).mean().sqrt()))
         for k, img in (("cloaked", ours), ("reference", ref), ("noise", noisy)):
             sets[k].append(img)
             psnr[k].append(float(E.psnr(img, xi)[0]))
-        print(f"  image {i}: PSNR ours {psnr['cloaked'][-1]:.2f}, reference {psnr['reference'][-1]:.2f}, "
-              f"noise {psnr['noise'][-1]:.2f}; gain ours {rep['target_gain']:.3f}, reference "
-              f"{ref_rep['target_gain']:.3f}", flush=True)
+        print(f"  image {i}: PSNR ours {psnr['cloaked'][-1]:.2f}, reference ({level}/255) {psnr['reference'][-1]:.2f}, "
+              f"noise {psnr['noise'][-1]:.2f}; latent gain ours {rep['target_gain']:.3f}, reference "
+              f"{ref_rep['target_gain']:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
     out = {**{k: torch.cat(v) for k, v in sets.items()}, "psnr": {k: sum(v) / len(v) for k, v in psnr.items()}}
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     torch.save(out, cache)
     return out
 
 
-def section_shift(E, M, artists, steps, seeds, samples):
-    """Train on the clean, cloaked, reference, noise and target sets (same seed, same data order) and read where
-    each model's samples lie between the artist and the target; the perfect-mimic score (D(E(x')) of the set,
-    no training) beside it."""
+def scraped(E, member, cloaked: torch.Tensor, purifier_strength: float, resize: bool) -> dict:
+    """The scraper's side: the cloaked set after JPEG q75, after purification by the pack's generic miniature
+    purifier (models/miniature, trained on none of these artists) at ``purifier_strength`` and, with ``resize``,
+    after a 0.5x down-up resize; each back on 8-bit levels."""
+    from importlib import import_module
+    A = import_module("ComfyUI-Cloak.engine.attacks")
+    P = import_module("ComfyUI-Cloak.engine.purifier")
+    M = import_module("ComfyUI-Cloak.engine.miniature")
+    out = {"jpeg75": A.pil_codec(cloaked, "JPEG", 75)}
+    if resize:
+        out["resize0.5"] = quantise(E.transforms.resize_down_up(cloaked, 0.5))
+    found = P.find_purifier(member, os.path.join(common.ROOT, "models", "miniature"))
+    if found.path is None:
+        print(f"  purified row skipped: {found.reason}")
+    else:
+        diffuse = P.miniature_diffuse(member, M.load(found.path), found.scale)
+        out["purified"] = quantise(torch.cat([diffuse(cloaked[i:i + 8], purifier_strength, i)
+                                              for i in range(0, cloaked.shape[0], 8)]))
+    return out
+
+
+class Scorer:
+    """Target shares and fit of a set of pictures, in every style measure, against one artist's references."""
+
+    def __init__(self, M, judge: StyleJudge, artist: torch.Tensor, target: torch.Tensor):
+        self.M, self.measures = M, judge.measures()
+        self.ref = {m: (f(artist), f(target)) for m, f in self.measures.items()}
+
+    def features(self, pixels):
+        return {m: f(pixels) for m, f in self.measures.items()}
+
+    def share(self, feats) -> dict:
+        return {m: target_share(feats[m], *self.ref[m]) for m in self.measures}
+
+    def fit(self, feats, own) -> dict:
+        return {m: self.M.fit_ratio(feats[m], own[m], *self.ref[m]) for m in self.measures}
+
+
+def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, resize=False, quick=False,
+                  sources=SOURCES):
+    """Train on the clean, cloaked, reference, noise and target sets, and on the scraped cloaked sets (same seed,
+    same data order); print where each model's samples lie between the artist and the target, its fit to its own
+    training set, and the perfect-mimic share (D(E(x')) of the set itself, no training)."""
     member = common.tae("taef2")
+    if member is None or member.decode is None:
+        raise SystemExit("TAEF2 encoder and decoder not found in ../shared/models/taef2: the bench needs them")
     enc = E.as_ensemble(member)
     judge = StyleJudge(E)
-    config = M.MiniConfig(channels=32, width=64)
+    config = M.MiniConfig(channels=32, **CONFIG)
+    sources = 4 if quick else sources
+    samples = 16 if quick else SAMPLES
     print(f"\n== shift: target share of each model's samples (0 = the artist's decoded crops, 1 = the target's); "
-          f"{steps} steps, {samples} samples; fit = distance to its own training set / artist-to-target ==")
+          f"{sources} sources of 256² per artist -> {9 * sources} crops of 128²; {steps} steps, batch 32, {samples} "
+          f"samples, {DDIM} DDIM steps; fit = samples' distance to their own training set / artist-to-target "
+          f"(passes <= 0.25); purified: miniature purifier at strength {purifier_strength} ==", flush=True)
+    summary = []
     for name in artists:
-        x, t = artist_sources(name)
+        x, t = artist_sources(name, sources)
         key = hashlib.sha1(x.numpy().tobytes()).hexdigest()[:12]
         sets = cloaked_sets(E, enc, x, t, os.path.join(OUT, f"{name}-sets-{key}.pt"))
         print(f"{name}: mean PSNR ours {sets['psnr']['cloaked']:.2f} dB, reference {sets['psnr']['reference']:.2f}, "
-              f"noise {sets['psnr']['noise']:.2f}")
-        sources = {"clean": x, "cloaked": sets["cloaked"], "reference": sets["reference"], "noise": sets["noise"],
-                   "target": t}
-        latents = {k: encode(member, crops(v)) for k, v in sources.items()}
-        ref = {"artist": decode(member, latents["clean"]), "target": decode(member, latents["target"])}
-        feats = {m: {k: f(v) for k, v in ref.items()} for m, f in judge.measures().items()}
-        print(f"{'set':10} {'seed':>4} " + " ".join(f"{m + ' mimic':>14} {m + ' trained':>14} {m + ' fit':>10}"
-                                                     for m in judge.measures()))
+              f"noise {sets['psnr']['noise']:.2f}", flush=True)
+        pictures = {"clean": x, "cloaked": sets["cloaked"], "reference": sets["reference"], "noise": sets["noise"],
+                    "target": t}
+        pictures.update({f"cloaked+{k}": v for k, v in scraped(E, member, sets["cloaked"], purifier_strength,
+                                                                       resize).items()})
+        latents = {k: encode(member, M.crops(v)) for k, v in pictures.items()}
+        scorer = Scorer(M, judge, decode(member, latents["clean"]), decode(member, latents["target"]))
+        ms = list(scorer.measures)
+        print(f"{'set':18} {'seed':>4} " + " ".join(f"{m + ' mimic':>14} {m + ' trained':>14} {m + ' fit':>10}"
+                                                     for m in ms) + "  train s", flush=True)
+        shares = {}
         for seed in seeds:
-            settings = M.TrainSettings(steps=steps, batch=32, seed=seed)
+            settings = M.TrainSettings(steps=steps, batch=32, seed=seed, bf16=M.bf16_is_fast("cpu"))
             for label, z in latents.items():
-                model, _ = trained(M, z, settings, config, f"{name}-{label}")
-                out = decode(member, M.sample(model, samples, tuple(z.shape[-2:]), steps=40, seed=1000 + seed))
-                own = decode(member, z)  # the perfect mimic of this set
-                cells = []
-                for m, f in judge.measures().items():
-                    fa, ft, fown, fs = feats[m]["artist"], feats[m]["target"], f(own), f(out)
-                    cells.append(f"{target_share(fown, fa, ft):14.3f} {target_share(fs, fa, ft):14.3f} "
-                                 f"{M.fit_ratio(fs, fown, fa, ft):10.3f}")
-                print(f"{label:10} {seed:>4} " + " ".join(cells), flush=True)
+                if seed != seeds[0] and label not in seed_sets:
+                    continue
+                model, sec = trained(M, z, settings, config, f"{name}-{label}")
+                out = decode(member, M.sample(model, samples, tuple(z.shape[-2:]), steps=DDIM, seed=1000 + seed,
+                                              bf16=settings.bf16))
+                own = scorer.features(decode(member, z))  # the perfect mimic of this set
+                got = scorer.features(out)
+                mimic, share, fit = scorer.share(own), scorer.share(got), scorer.fit(got, own)
+                shares[(label, seed)] = share
+                ok = all(v <= 0.25 for v in fit.values())
+                print(f"{label:18} {seed:>4} " + " ".join(f"{mimic[m]:14.3f} {share[m]:14.3f} {fit[m]:10.3f}"
+                                                         for m in ms)
+                      + f"  {sec:7.0f}{'' if ok else '  FIT FAILS'}", flush=True)
+        summary.append((name, ms, shares))
+    print_summary(summary, seeds)
+
+
+def print_summary(summary, seeds):
+    """Per artist and measure: each set's shift over the clean model (mean over the seeds it was trained with),
+    the seed spread of the clean and cloaked models, and the cloaked/reference ratio."""
+    print("\n== summary: shift = target share - the clean model's (same seed); spread = largest seed-to-seed "
+          "difference of the clean or cloaked model's share ==")
+    for name, ms, shares in summary:
+        labels = list(dict.fromkeys(k for k, _ in shares))
+        for m in ms:
+            shift = {}
+            for label in labels:
+                d = [shares[(label, s)][m] - shares[("clean", s)][m] for s in seeds if (label, s) in shares]
+                shift[label] = sum(d) / len(d)
+            spread = max([abs(shares[(k, a)][m] - shares[(k, b)][m]) for k in ("clean", "cloaked") for a in seeds
+                          for b in seeds if (k, a) in shares and (k, b) in shares] or [float("nan")])
+            ref = shift.get("reference", 0.0)
+            ratio = shift["cloaked"] / ref if abs(ref) > 1e-9 else float("nan")
+            clean = [shares[("clean", s)][m] for s in seeds if ("clean", s) in shares]
+            print(f"{name:9} {m:8} clean share {sum(clean) / len(clean):.3f}; "
+                  + ", ".join(f"{k} {v:+.3f}" for k, v in shift.items() if k != "clean")
+                  + f"; seed spread {spread:.3f}; cloaked/reference {ratio:.2f}", flush=True)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--artists", default="flat,lineart,painting,photo")
     ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--seeds", default="0")
-    ap.add_argument("--samples", type=int, default=64)
-    ap.add_argument("--sections", default="fit", help="fit, shift (comma-separated)")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--seed-sets", default="clean,cloaked,reference",
+                    help="the sets trained with every seed (the others with the first seed only)")
+    ap.add_argument("--purifier-strength", type=float, default=0.3)
+    ap.add_argument("--resize", action="store_true", help="also train on the cloaked set after a 0.5x down-up resize")
+    ap.add_argument("--sources", type=int, default=SOURCES, help="pictures per artist (cloaking is the slow part: "
+                    "~100 s per 256² picture for the cloak and the reference on 2 CPU cores)")
+    ap.add_argument("--quick", action="store_true", help="4 sources, 16 samples (a smoke run, not a figure)")
     args = ap.parse_args()
     E = common.load_host().engine
     from importlib import import_module
     M = import_module("ComfyUI-Cloak.engine.miniature")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    seeds = [int(s) for s in args.seeds.split(",")]
-    if "fit" in args.sections:
-        section_fit(E, M, args.artists.split(","), args.steps, seeds, args.samples)
-    if "shift" in args.sections:
-        section_shift(E, M, args.artists.split(","), args.steps, seeds, args.samples)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 {M.bf16_is_fast('cpu')}")
+    section_shift(E, M, args.artists.split(","), args.steps, [int(s) for s in args.seeds.split(",")],
+                  args.seed_sets.split(","), args.purifier_strength, args.resize, args.quick,
+                  args.sources)
 
 
 if __name__ == "__main__":
