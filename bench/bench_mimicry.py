@@ -150,34 +150,37 @@ def quantise(x: torch.Tensor) -> torch.Tensor:
 
 
 def cloaked_sets(E, enc, x, t, cache: str) -> dict:
-    """The artist's sources cloaked three ways, cached: GlazePerturb's engine path at default (robustness on),
-    the plain reference PGD at the 8-bit level nearest each cloak's own PSNR (no EOT), and Gaussian noise at each
-    cloak's own PSNR; plus the mean PSNR of each."""
-    if os.path.isfile(cache):
-        return torch.load(cache, weights_only=True)
+    """The artist's sources cloaked three ways, cached per picture (``cache`` is a folder; an interrupted run keeps
+    what it finished): GlazePerturb's engine path at default (robustness on), the plain reference PGD at the
+    8-bit L∞ level nearest each cloak's own PSNR (no EOT), and Gaussian noise at each cloak's own PSNR; plus the
+    mean PSNR of each."""
     import glaze_eval as G
+    os.makedirs(cache, exist_ok=True)
     sets = {"cloaked": [], "reference": [], "noise": []}
     psnr = {k: [] for k in sets}
-    gen = torch.Generator().manual_seed(0)
     start = time.perf_counter()
     for i in range(x.shape[0]):
         xi, ti = x[i:i + 1], t[i:i + 1]
-        ours, rep = G.cloak(E, enc, xi, ti, E.settings_for("default", "default", "on"))
-        level = G.reference_level(float(E.psnr(ours, xi)[0]))
-        ref, ref_rep = G.cloak(E, enc, xi, ti, E.reference_settings(level / 255, 100))
-        rmse = float((ours - xi).pow(2).mean().sqrt())
-        noise = torch.randn(xi.shape, generator=gen)
-        noisy = quantise(xi + noise * rmse / float(noise.pow(2).mean().sqrt()))
-        for k, img in (("cloaked", ours), ("reference", ref), ("noise", noisy)):
-            sets[k].append(img)
-            psnr[k].append(float(E.psnr(img, xi)[0]))
-        print(f"  image {i}: PSNR ours {psnr['cloaked'][-1]:.2f}, reference ({level}/255) {psnr['reference'][-1]:.2f}, "
-              f"noise {psnr['noise'][-1]:.2f}; latent gain ours {rep['target_gain']:.3f}, reference "
-              f"{ref_rep['target_gain']:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
-    out = {**{k: torch.cat(v) for k, v in sets.items()}, "psnr": {k: sum(v) / len(v) for k, v in psnr.items()}}
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
-    torch.save(out, cache)
-    return out
+        path = os.path.join(cache, hashlib.sha1(xi.numpy().tobytes() + ti.numpy().tobytes()).hexdigest()[:16] + ".pt")
+        if os.path.isfile(path):
+            done = torch.load(path, weights_only=True)
+        else:
+            ours, rep = G.cloak(E, enc, xi, ti, E.settings_for("default", "default", "on"))
+            level = G.reference_level(float(E.psnr(ours, xi)[0]))
+            ref, ref_rep = G.cloak(E, enc, xi, ti, E.reference_settings(level / 255, 100))
+            rmse = float((ours - xi).pow(2).mean().sqrt())
+            noise = torch.randn(xi.shape, generator=torch.Generator().manual_seed(i))
+            noisy = quantise(xi + noise * rmse / float(noise.pow(2).mean().sqrt()))
+            done = {"cloaked": ours, "reference": ref, "noise": noisy, "level": level,
+                    "gain": (rep["target_gain"], ref_rep["target_gain"])}
+            torch.save(done, path)
+        for k in sets:
+            sets[k].append(done[k])
+            psnr[k].append(float(E.psnr(done[k], xi)[0]))
+        print(f"  image {i}: PSNR ours {psnr['cloaked'][-1]:.2f}, reference ({done['level']}/255) "
+              f"{psnr['reference'][-1]:.2f}, noise {psnr['noise'][-1]:.2f}; latent gain ours {done['gain'][0]:.3f}, "
+              f"reference {done['gain'][1]:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
+    return {**{k: torch.cat(v) for k, v in sets.items()}, "psnr": {k: sum(v) / len(v) for k, v in psnr.items()}}
 
 
 def scraped(E, member, cloaked: torch.Tensor, purifier_strength: float, resize: bool) -> dict:
@@ -238,8 +241,7 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
     summary = []
     for name in artists:
         x, t = artist_sources(name, sources)
-        key = hashlib.sha1(x.numpy().tobytes()).hexdigest()[:12]
-        sets = cloaked_sets(E, enc, x, t, os.path.join(OUT, f"{name}-sets-{key}.pt"))
+        sets = cloaked_sets(E, enc, x, t, os.path.join(OUT, f"{name}-cloaks"))
         print(f"{name}: mean PSNR ours {sets['psnr']['cloaked']:.2f} dB, reference {sets['psnr']['reference']:.2f}, "
               f"noise {sets['psnr']['noise']:.2f}", flush=True)
         pictures = {"clean": x, "cloaked": sets["cloaked"], "reference": sets["reference"], "noise": sets["noise"],

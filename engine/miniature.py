@@ -315,7 +315,7 @@ def load(path: str, device: torch.device | str = "cpu") -> MiniUNet:
         state = load_file(path)
         model = MiniUNet(config)
         model.load_state_dict({k: v.float() for k, v in state.items()})
-    except (OSError, KeyError, TypeError, ValueError, RuntimeError) as e:
+    except Exception as e:  # safetensors' own SafetensorError too: any unreadable file gets the same clear error
         raise ValueError(f"{path}: not a miniature model written by engine.miniature.save ({e})") from e
     return model.to(device).eval().requires_grad_(False)
 

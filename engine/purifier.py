@@ -75,7 +75,7 @@ def find_purifier(member, folder: str) -> Found:
         try:
             meta = M.read_metadata(path)
             theirs = torch.tensor(json.loads(meta["fingerprint"]), dtype=torch.float32)
-        except (OSError, KeyError, ValueError, RuntimeError):
+        except Exception:  # an unreadable file is not a purifier: look at the next one
             continue
         if theirs.shape == mine.shape:
             sim = float(F.cosine_similarity(theirs, mine, dim=0))

@@ -58,7 +58,7 @@ class TrainMiniatureMimic(io.ComfyNode):
                                                  "crop_size on both sides)."),
                 CloakEncoder.Input("encoder", tooltip="From LoadVAEEncoder with a TAE file and its decoder (TAEF2 "
                                                       "for a real answer; the demo TAESD is a toy)."),
-                io.Int.Input("steps", default=1500, min=10, max=50000,
+                io.Int.Input("steps", default=1500, min=1, max=50000,
                              tooltip="Training steps (batch 32). ~1500 for a model that reproduces its set's style "
                                      "(the README's fit check); fewer only to try the graph."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
