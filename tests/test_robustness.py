@@ -77,14 +77,14 @@ def test_every_attack_runs_on_the_trained_taesd(cl):
     rows = by_attack(report)
     specs = [a.spec for a in cl.A.parse_attacks(attacks)]
     assert list(rows) == specs
-    ran = [s for s in specs if not s.startswith(("diffpure", "noisy_upscale"))]
+    ran = specs  # no MODEL wired: the diffusion rows run with the pack's miniature purifier for TAESD's latents
     for spec in ran:
         row = rows[spec]
         assert row["status"] == "ok", row
         assert all(math.isfinite(row[k]) for k in ("gain", "kept", "psnr", "ssim")), row
         assert row["verdict"] in ("holds", "weakened", "broken")
-    for spec in ("diffpure:0.3", "noisy_upscale:0.3"):  # no MODEL wired: listed, not silently dropped
-        assert rows[spec]["status"] == "skipped" and "model" in rows[spec]["reason"]
+    for spec in ("diffpure:0.3", "noisy_upscale:0.3"):
+        assert rows[spec]["label"].endswith("(miniature purifier)"), rows[spec]
     _, chart, attacked, table, figures = out.args
     assert out.args[0].startswith(table) and json.loads(figures) == json.loads(out.args[0].split("\nJSON:\n")[1])
     b, h, w = cl.image.shape[:3]
@@ -230,6 +230,22 @@ def test_diffusion_purification_runs_through_comfyui_sampler(cl):
             check(cl, "diffpure", **partial)
 
 
+def test_diffusion_rows_run_with_the_miniature_purifier_when_no_model_is_wired(cl, tmp_path, monkeypatch):
+    """No MODEL: the pack's purifier for TAESD's latents (models/miniature/purifier_taesd.safetensors, found by
+    the probe fingerprint through ComfyUI's VAE scaling) runs DiffPure; more strength changes more; seeded. An
+    encoder with no purifier for its latent space lists the rows as skipped, saying why."""
+    report, out = check(cl, "diffpure:0.1, diffpure:0.6", vae=cl.vae)
+    rows = list(by_attack(report).values())
+    assert all(r["status"] == "ok" and r["label"].endswith("(miniature purifier)") for r in rows), rows
+    attacked = out.args[2]
+    moved = [float((attacked[k] - cl.cloaked[0]).abs().mean()) for k in range(2)]
+    assert 0 < moved[0] < moved[1], moved
+    assert torch.equal(check(cl, "diffpure:0.1", vae=cl.vae)[1].args[2][0], attacked[0])  # seeded
+    monkeypatch.setattr(cl.RN, "PURIFIER_DIR", str(tmp_path))  # a folder with no purifier in it
+    row = by_attack(check(cl, "diffpure:0.3", vae=cl.vae)[0])["diffpure:0.3"]
+    assert row["status"] == "skipped" and "no miniature purifier" in row["reason"], row
+
+
 def test_workflow_reports_on_the_real_server(server):
     """workflows/robustness_report.json as submitted from the UI; for time on 2 CPU cores: a 128x96 crop of the
     bundled samples, the cloak at "faster" and IMPRESS at 10 steps."""
@@ -255,7 +271,8 @@ def test_workflow_reports_on_the_real_server(server):
     rows = by_attack(report)
     assert report["clean_gain"] > 0.1 and rows["none"]["kept"] == pytest.approx(1.0)
     assert all(rows[s]["status"] == "ok" for s in ("jpeg:75", "vae", "impress:10"))
-    assert rows["diffpure:0.3"]["status"] == "skipped"  # no MODEL in the bundled workflow
+    # no MODEL in the bundled workflow: the pack's miniature purifier for TAESD's latents runs the diffusion rows
+    assert rows["diffpure:0.3"]["status"] == "ok" and "miniature purifier" in rows["diffpure:0.3"]["label"]
     for row in report["attacks"]:
         if row["status"] == "ok":
             assert re.search(re.escape(row["label"]) + r" \| [\d.]+%", table)
