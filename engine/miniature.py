@@ -230,9 +230,11 @@ def train(latents: torch.Tensor, labels: torch.Tensor | None = None, config: Min
 
 
 def _ddim(model: MiniUNet, x: torch.Tensor, times: torch.Tensor, y, bf16: bool,
-          on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Deterministic DDIM from normalised latents ``x`` at ``times[0]`` down to ``times[-1]`` (0: the clean
-    estimate); returns normalised latents."""
+          on_step: Callable[[int, int], None] | None = None, eta: float = 0.0,
+          gen: torch.Generator | None = None) -> torch.Tensor:
+    """DDIM from normalised latents ``x`` at ``times[0]`` down to ``times[-1]`` (0: the clean estimate);
+    ``eta`` 0 is deterministic, 1 is ancestral (DDPM-like: fresh noise each step, from ``gen``); returns normalised
+    latents."""
     device, shift, count = x.device, model.config.noise_shift, x.shape[0]
     steps = len(times) - 1
     for i in range(steps):
@@ -246,7 +248,12 @@ def _ddim(model: MiniUNet, x: torch.Tensor, times: torch.Tensor, y, bf16: bool,
         else:
             a1, s1 = (v_.view(-1, 1, 1, 1) for v_ in alpha_sigma(torch.full((count,), float(times[i + 1]),
                                                                             device=device), shift))
-            x = a1 * x0 + s1 * eps
+            if eta > 0:
+                fresh = eta * (s1 / s) * (1 - (a / a1) ** 2).clamp_min(0).sqrt()
+                noise = torch.randn(x.shape, generator=gen).to(device)
+                x = a1 * x0 + (s1 ** 2 - fresh ** 2).clamp_min(0).sqrt() * eps + fresh * noise
+            else:
+                x = a1 * x0 + s1 * eps
         if on_step is not None:
             on_step(i + 1, steps)
     return x
@@ -255,15 +262,17 @@ def _ddim(model: MiniUNet, x: torch.Tensor, times: torch.Tensor, y, bf16: bool,
 @torch.no_grad()
 def sample(model: MiniUNet, count: int, size: tuple[int, int] = (16, 16), steps: int = 40, seed: int = 0,
            labels: torch.Tensor | None = None, bf16: bool = False,
-           on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+           on_step: Callable[[int, int], None] | None = None, eta: float = 0.0) -> torch.Tensor:
     """``count`` latents ``[count, C, *size]`` (in the training latents' own scale) by deterministic DDIM over
     ``steps`` steps from seeded noise; ``labels`` ``[count]`` for a class-conditional model; ``bf16`` autocasts
-    the network's passes; ``on_step(step, steps)`` after each step (progress, Cancel by raising)."""
+    the network's passes; ``on_step(step, steps)`` after each step (progress, Cancel by raising); ``eta`` 1 samples
+    ancestrally (fresh seeded noise each step; on the line-art artist's clean model it fitted the training set's
+    style better than deterministic DDIM: pixel 0.61 vs 0.69, TAESANA 0.29 vs 0.32, 40 steps)."""
     device = model.mean.device
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     x = torch.randn((count, model.config.channels, *size), generator=gen).to(device)
     y = None if labels is None else labels.to(device)
-    return model.denormalise(_ddim(model, x, torch.linspace(1.0, 0.0, steps + 1), y, bf16, on_step))
+    return model.denormalise(_ddim(model, x, torch.linspace(1.0, 0.0, steps + 1), y, bf16, on_step, eta, gen))
 
 
 @torch.no_grad()

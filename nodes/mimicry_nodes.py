@@ -116,8 +116,8 @@ class SampleMiniatureMimic(io.ComfyNode):
             node_id="SampleMiniatureMimic",
             display_name="Sample Miniature Mimic (Cloak)",
             category="cloak/mimicry",
-            description="Draws new images from a miniature mimic (DDIM from seeded noise, decoded by the encoder's "
-                        "decoder): what a model trained on that set learned to paint.",
+            description="Draws new images from a miniature mimic (ancestral DDIM from seeded noise, decoded by the "
+                        "encoder's decoder): what a model trained on that set learned to paint.",
             inputs=[
                 MiniatureMimic.Input("mimic", tooltip="From Train Miniature Mimic."),
                 io.Int.Input("count", default=16, min=1, max=256, tooltip="How many samples to draw."),
@@ -139,7 +139,7 @@ class SampleMiniatureMimic(io.ComfyNode):
             bar.update_absolute(done, total)
 
         z = M.sample(mimic.model, count, (side, side), steps=sampler_steps, seed=seed,
-                     bf16=M.bf16_is_fast(mimic.model.mean.device), on_step=on_step)
+                     bf16=M.bf16_is_fast(mimic.model.mean.device), on_step=on_step, eta=1.0)
         with torch.no_grad():
             out = torch.cat([mimic.member.decode(z[i:i + ENCODE_CHUNK].to(mimic.member.device)).float()
                              for i in range(0, count, ENCODE_CHUNK)])

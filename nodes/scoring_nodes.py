@@ -55,8 +55,9 @@ def markdown_report(scores: dict, counts: dict, kind: str = "LoRA") -> str:
                          f"{p['target_share']:.3f} |")
     lines += ["", "| measure | further from the artist |", "|---|---|"]
     lines += [f"| {m} | {names.get(w, w.replace('_', ' '))} |" for m, w in scores["verdict"].items()]
-    lines += ["", "Images: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ". With random or barely trained "
-              "models these numbers show that the test runs, not that the cloak protects."]
+    lines += ["", "Images: " + ", ".join(f"{names.get(k, k)} {v}" for k, v in counts.items())
+              + ". With random or barely trained models these numbers show that the test runs, not that the cloak "
+              "protects."]
     return "\n".join(lines)
 
 

@@ -136,3 +136,12 @@ def test_a_purifier_is_found_only_for_the_encoder_it_was_trained_on(tmp_path):
     wrong = P.find_purifier(other, str(tmp_path))
     assert wrong.path is None and "purifier_a.safetensors (probe latent cosine" in wrong.reason, wrong
     assert "scripts/train_purifier.py" in wrong.reason
+
+
+def test_ancestral_sampling_is_seeded_and_differs_from_deterministic_ddim():
+    z, _ = two_styles(16)
+    model = M.train(z, None, M.MiniConfig(channels=4, width=16), M.TrainSettings(steps=3, batch=8, seed=0))
+    a = M.sample(model, 4, (8, 8), steps=6, seed=3, eta=1.0)
+    assert torch.equal(a, M.sample(model, 4, (8, 8), steps=6, seed=3, eta=1.0))
+    assert not torch.equal(a, M.sample(model, 4, (8, 8), steps=6, seed=3, eta=0.0))
+    assert torch.isfinite(a).all() and a.shape == (4, 4, 8, 8)
