@@ -4,7 +4,9 @@ try:
 except ImportError:  # imported outside ComfyUI (engine use, tests of the engine alone)
     ComfyExtension = None
 
-if ComfyExtension is not None:
+# __package__ is empty when a tool imports this file on its own (pytest does, for a clone in a folder named
+# ComfyUI-Cloak, which is no valid package name): only ComfyUI's package import registers the nodes
+if ComfyExtension is not None and __package__:
     from .nodes import NODES
 
     class CloakExtension(ComfyExtension):
