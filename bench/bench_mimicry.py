@@ -94,8 +94,7 @@ class StyleJudge:
     matrices of TAESANA's encoder features at 1/4 scale (64 channels)."""
 
     def __init__(self, E):
-        from importlib import import_module
-        self.score = import_module("ComfyUI-Cloak.engine.style_score")
+        self.score = _engine("style_score")
         sana = common.tae("taesana")
         self.features = torch.nn.Sequential(*list(sana.module.children())[:5]).float().eval() if sana else None
 
@@ -116,14 +115,17 @@ class StyleJudge:
         return {"pixel": self.pixel, **({"taesana": self.sana} if self.features is not None else {})}
 
 
+def _engine(name: str):
+    from importlib import import_module
+    return import_module(f"ComfyUI-Cloak.engine.{name}")
+
+
 def encode(member, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([member(x[i:i + 16]) for i in range(0, x.shape[0], 16)]).float()
+    return _engine("miniature").in_chunks(member, x)
 
 
 def decode(member, z: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([member.decode(z[i:i + 16]) for i in range(0, z.shape[0], 16)]).float().clamp(0, 1)
+    return _engine("miniature").in_chunks(member.decode, z).clamp(0, 1)
 
 
 def trained(M, latents: torch.Tensor, settings, config, tag: str):
@@ -140,9 +142,9 @@ def trained(M, latents: torch.Tensor, settings, config, tag: str):
 
 
 def target_share(fs: torch.Tensor, fa: torch.Tensor, ft: torch.Tensor) -> float:
-    """Where a set's mean style lies between the artist's (0) and the target's (1)."""
-    da, dt = (fs.mean(0) - fa.mean(0)).norm(), (fs.mean(0) - ft.mean(0)).norm()
-    return float(da / (da + dt).clamp_min(1e-12))
+    """Where a set's mean style lies between the artist's (0) and the target's (1): engine.style_score's placement
+    of the set means."""
+    return _engine("style_score").placement(fa.mean(0), ft.mean(0), fs.mean(0))["target_share"]
 
 
 def quantise(x: torch.Tensor) -> torch.Tensor:
@@ -187,10 +189,7 @@ def scraped(E, member, cloaked: torch.Tensor, purifier_strength: float, resize: 
     """The scraper's side: the cloaked set after JPEG q75, after purification by the pack's generic miniature
     purifier (models/miniature, trained on none of these artists) at ``purifier_strength`` and, with ``resize``,
     after a 0.5x down-up resize; each back on 8-bit levels."""
-    from importlib import import_module
-    A = import_module("ComfyUI-Cloak.engine.attacks")
-    P = import_module("ComfyUI-Cloak.engine.purifier")
-    M = import_module("ComfyUI-Cloak.engine.miniature")
+    A, P, M = _engine("attacks"), _engine("purifier"), _engine("miniature")
     out = {"jpeg75": A.pil_codec(cloaked, "JPEG", 75)}
     if resize:
         out["resize0.5"] = quantise(E.transforms.resize_down_up(cloaked, 0.5))
@@ -313,8 +312,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="4 sources, 16 samples (a smoke run, not a figure)")
     args = ap.parse_args()
     E = common.load_host().engine
-    from importlib import import_module
-    M = import_module("ComfyUI-Cloak.engine.miniature")
+    M = _engine("miniature")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 {M.bf16_is_fast('cpu')}")
     section_shift(E, M, args.artists.split(","), args.steps, [int(s) for s in args.seeds.split(",")],
                   args.seed_sets.split(","), args.purifier_strength, args.resize, args.quick,

@@ -7,8 +7,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import torch
-
 import comfy.model_management as mm
 import comfy.utils
 from comfy_api.latest import io
@@ -25,12 +23,11 @@ ENCODE_CHUNK = 16
 @dataclass(frozen=True)
 class Mimic:
     """What flows along a MINIATURE_MIMIC wire: the trained model, the TAE whose latents it learned (and whose
-    decoder draws its samples), the crop side it learned from and a one-line summary."""
+    decoder draws its samples) and the crop side it learned from."""
 
     model: M.MiniUNet
     member: object
     crop: int
-    summary: str
 
 
 def decoding_member(encoder):
@@ -87,9 +84,7 @@ class TrainMiniatureMimic(io.ComfyNode):
         if member.prepare is not None:
             member.prepare()
         bar = comfy.utils.ProgressBar(steps)
-        with torch.no_grad():
-            z = torch.cat([member(x[i:i + ENCODE_CHUNK].to(member.device)).float()
-                           for i in range(0, x.shape[0], ENCODE_CHUNK)])
+        z = M.in_chunks(member, x.to(member.device), ENCODE_CHUNK)
         config = M.MiniConfig(channels=z.shape[1], width=64, noise_shift=0.5)
         settings = M.TrainSettings(steps=steps, batch=32, seed=seed, bf16=M.bf16_is_fast(z.device))
         last = {}
@@ -106,7 +101,7 @@ class TrainMiniatureMimic(io.ComfyNode):
         summary = (f"TrainMiniatureMimic | {x.shape[0]} crops of {crop_size}² from {pixels.shape[0]} image(s), latents "
                    f"{list(z.shape[1:])} ({member.name}), {steps} steps, seed {seed}, final loss "
                    f"{last.get('loss', float('nan')):.4f}, {seconds:.0f} s")
-        return io.NodeOutput(Mimic(model, member, crop_size, summary), summary)
+        return io.NodeOutput(Mimic(model, member, crop_size), summary)
 
 
 class SampleMiniatureMimic(io.ComfyNode):
@@ -140,7 +135,5 @@ class SampleMiniatureMimic(io.ComfyNode):
 
         z = M.sample(mimic.model, count, (side, side), steps=sampler_steps, seed=seed,
                      bf16=M.bf16_is_fast(mimic.model.mean.device), on_step=on_step, eta=1.0)
-        with torch.no_grad():
-            out = torch.cat([mimic.member.decode(z[i:i + ENCODE_CHUNK].to(mimic.member.device)).float()
-                             for i in range(0, count, ENCODE_CHUNK)])
+        out = M.in_chunks(mimic.member.decode, z.to(mimic.member.device), ENCODE_CHUNK)
         return io.NodeOutput(image_to_comfy(out.clamp(0, 1).cpu()))

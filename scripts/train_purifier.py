@@ -87,8 +87,7 @@ def main():
     os.makedirs(OUT_DIR, exist_ok=True)
     for name in args.tae.split(","):
         member = encoder_for(name)
-        with torch.no_grad():
-            z = torch.cat([member(x[i:i + 16]) for i in range(0, x.shape[0], 16)]).float()
+        z = M.in_chunks(member, x)
         plan = PLANS[name]
         config = M.MiniConfig(channels=z.shape[1], width=plan["width"], noise_shift=0.5)
         settings = M.TrainSettings(steps=args.steps or plan["steps"], batch=32, seed=0, bf16=True)
