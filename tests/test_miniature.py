@@ -145,3 +145,23 @@ def test_ancestral_sampling_is_seeded_and_differs_from_deterministic_ddim():
     assert torch.equal(a, M.sample(model, 4, (8, 8), steps=6, seed=3, eta=1.0))
     assert not torch.equal(a, M.sample(model, 4, (8, 8), steps=6, seed=3, eta=0.0))
     assert torch.isfinite(a).all() and a.shape == (4, 4, 8, 8)
+
+
+def test_autoguidance_weak_model_is_trained_saved_and_guides(tmp_path):
+    z, _ = two_styles(16)
+    calls = []
+    model = M.train(z, None, M.MiniConfig(channels=4, width=16, attention=True),
+                    M.TrainSettings(steps=4, batch=8, seed=0, weak_width=8), on_step=lambda i, n, _: calls.append((i, n)))
+    assert calls == [(i, 8) for i in range(1, 9)]  # one progress count over both models
+    assert model.weak is not None and model.weak.config.width == 8 and model.weak.weak is None
+    assert torch.equal(model.weak.mean, model.mean)  # the same data's normalisation
+    plain = M.sample(model, 4, (8, 8), steps=6, seed=3, eta=1.0)
+    guided = M.sample(model, 4, (8, 8), steps=6, seed=3, eta=1.0, guidance=1.0)
+    assert not torch.equal(plain, guided) and torch.isfinite(guided).all()
+    M.save(model, str(tmp_path / "m.safetensors"))
+    again = M.load(str(tmp_path / "m.safetensors"))
+    assert again.weak is not None and again.weak.config.width == 8 and again.config.attention
+    assert torch.equal(M.sample(again, 4, (8, 8), steps=6, seed=3, eta=1.0, guidance=1.0), guided)
+    alone = M.train(z, None, M.MiniConfig(channels=4, width=16), M.TrainSettings(steps=4, batch=8, seed=0))
+    assert alone.weak is None  # no weak version: guidance is a no-op
+    assert torch.equal(M.sample(alone, 2, (8, 8), steps=4, seed=1, guidance=2.0), M.sample(alone, 2, (8, 8), steps=4, seed=1))
