@@ -3,9 +3,11 @@
 Artists: sets of one consistent style (24 pictures of 256² each): flat colour and line art from
 bench/devset.py's generators with many seeds, brush-stroke paintings of photo tiles, and the photo tiles
 themselves (scikit-image's bundled photos). Each artist's target is devset's ``texture`` style of the same
-pictures (the style farthest from each, measured: see ``_with_targets``). Pictures are cut into 128² crops (9
-each), encoded with TAEF2 into ``[32, 16, 16]`` latents; a miniature model (engine/miniature.py: 2-level UNet,
-width 64, v-prediction, cosine schedule with its SNR shifted by 0.5², EMA, bf16 autocast where the CPU has it) is
+pictures (the style farthest from each, measured: see ``_with_targets``). Pictures are cut into 64² crops (49
+each, stride 32), encoded with TAEF2 into ``[32, 8, 8]`` latents; a miniature model (engine/miniature.py: 2-level
+UNet, width 96, self-attention at the lowest level, v-prediction, cosine schedule, EMA, bf16 autocast where the
+CPU has it, 1500 steps at lr 1e-3) and a width-64 weak model that sampling guides away from (autoguidance 1.0: the
+only setting that passed the fit check on line art; without it pixel 0.34, 128² crops at width 64 0.33-0.42) are
 trained on each set with the same seed and data order; samples are decoded with TAEF2's decoder.
 
 Sets: clean; cloaked by GlazePerturb's engine path at default (robustness on); the plain reference PGD at the
@@ -39,8 +41,7 @@ import common
 import devset
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "mimicry")
-SOURCES = 24                     # pictures per artist, 256² each -> 9 crops of 128² each
-CONFIG = dict(width=64, noise_shift=0.5)
+SOURCES = 24                     # pictures per artist, 256² each -> 49 crops of 64² each (stride 32)
 SAMPLES, DDIM = 128, 40
 
 
@@ -83,7 +84,7 @@ def artist_sources(name: str, count: int = SOURCES) -> tuple[torch.Tensor, torch
 def _with_targets(x: torch.Tensor, name: str):
     """Every artist's target is devset's ``texture`` style of its own pictures (cross-hatched canvas, blurred forms,
     a cool palette): measured here, it is the style farthest from each artist's relative to how much the artist's
-    own pictures differ among themselves (split-half floor, 24 sources: flat 0.37/0.14, line art 0.07/0.03,
+    own pictures differ among themselves (split-half floor, 128² crops, 24 sources: flat 0.37/0.14, line art 0.07/0.03,
     painting 0.25/0.16, photo 0.25/0.18 in pixel/TAESANA units of the gap; devset's ``poster`` gave painting
     0.40/0.41 and photo 0.38/0.44)."""
     return x, devset.texture(x)
@@ -230,12 +231,13 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
         raise SystemExit("TAEF2 encoder and decoder not found in ../shared/models/taef2: the bench needs them")
     enc = E.as_ensemble(member)
     judge = StyleJudge(E)
-    config = M.MiniConfig(channels=32, **CONFIG)
+    config = M.MiniConfig(channels=32, **M.MIMIC_CONFIG)
     sources = 4 if quick else sources
     samples = 16 if quick else SAMPLES
     print(f"\n== shift: target share of each model's samples (0 = the artist's decoded crops, 1 = the target's); "
-          f"{sources} sources of 256² per artist -> {9 * sources} crops of 128²; {steps} steps, batch 32, {samples} "
-          f"samples, {DDIM} ancestral DDIM steps; fit = samples' distance to their own training set / artist-to-target "
+          f"{sources} sources of 256² per artist -> {49 * sources} crops of {M.MIMIC_CROP}²; {steps} steps, batch 32, "
+          f"{samples} samples, {DDIM} ancestral DDIM steps, autoguidance {M.MIMIC_GUIDANCE}; fit = samples' distance "
+          f"to their own training set / artist-to-target "
           f"(passes <= 0.25); purified: miniature purifier at strength {purifier_strength} ==", flush=True)
     summary = []
     for name in artists:
@@ -247,7 +249,7 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
                     "target": t}
         pictures.update({f"cloaked+{k}": v for k, v in scraped(E, member, sets["cloaked"], purifier_strength,
                                                                        resize).items()})
-        latents = {k: encode(member, M.crops(v)) for k, v in pictures.items()}
+        latents = {k: encode(member, M.crops(v, M.MIMIC_CROP, M.MIMIC_CROP // 2)) for k, v in pictures.items()}
         scorer = Scorer(M, judge, decode(member, latents["clean"]), decode(member, latents["target"]))
         ms = list(scorer.measures)
         print(f"{'set':18} {'seed':>4} " + " ".join(f"{m + ' mimic':>14} {m + ' trained':>14} {m + ' fit':>10}"
@@ -260,10 +262,10 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
             + [(k, seeds[0]) for k in latents if k not in first]
         for label, seed in order:
             z = latents[label]
-            settings = M.TrainSettings(steps=steps, batch=32, seed=seed, bf16=M.bf16_is_fast("cpu"))
+            settings = M.TrainSettings(steps=steps, seed=seed, bf16=M.bf16_is_fast("cpu"), **M.MIMIC_SETTINGS)
             model, sec = trained(M, z, settings, config, f"{name}-{label}")
             out = decode(member, M.sample(model, samples, tuple(z.shape[-2:]), steps=DDIM, seed=1000 + seed,
-                                          bf16=settings.bf16, eta=1.0))
+                                          bf16=settings.bf16, eta=1.0, guidance=M.MIMIC_GUIDANCE))
             own = scorer.features(decode(member, z))  # the perfect mimic of this set
             got = scorer.features(out)
             mimic, share, fit = scorer.share(own), scorer.share(got), scorer.fit(got, own)

@@ -61,9 +61,10 @@ class TrainMiniatureMimic(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
                              tooltip="Seeds the weights, data order and noise: use the same seed for the clean and "
                                      "cloaked mimics, so the only difference is the data."),
-                io.Int.Input("crop_size", default=128, min=32, max=512, step=16,
+                io.Int.Input("crop_size", default=M.MIMIC_CROP, min=32, max=512, step=16,
                              tooltip="Side of the square crops cut from your images (a grid at half this stride); "
-                                     "the mimic learns style at this scale. A multiple of 16."),
+                                     "the mimic learns style at this scale. A multiple of 16. 64 is what the "
+                                     "README's fit check passed with; larger crops train slower and fit worse."),
             ],
             outputs=[
                 MiniatureMimic.Output(display_name="mimic", tooltip="The trained miniature model: wire it into "
@@ -85,8 +86,8 @@ class TrainMiniatureMimic(io.ComfyNode):
             member.prepare()
         bar = comfy.utils.ProgressBar(steps)
         z = M.in_chunks(member, x.to(member.device), ENCODE_CHUNK)
-        config = M.MiniConfig(channels=z.shape[1], width=64, noise_shift=0.5)
-        settings = M.TrainSettings(steps=steps, batch=32, seed=seed, bf16=M.bf16_is_fast(z.device))
+        config = M.MiniConfig(channels=z.shape[1], **M.MIMIC_CONFIG)
+        settings = M.TrainSettings(steps=steps, seed=seed, bf16=M.bf16_is_fast(z.device), **M.MIMIC_SETTINGS)
         last = {}
 
         def on_step(done, total, loss):
@@ -99,7 +100,8 @@ class TrainMiniatureMimic(io.ComfyNode):
             model = M.train(z, None, config, settings, on_step=on_step)
         seconds = time.perf_counter() - start
         summary = (f"TrainMiniatureMimic | {x.shape[0]} crops of {crop_size}² from {pixels.shape[0]} image(s), latents "
-                   f"{list(z.shape[1:])} ({member.name}), {steps} steps, seed {seed}, final loss "
+                   f"{list(z.shape[1:])} ({member.name}), {steps} steps (and as many for the width-"
+                   f"{settings.weak_width} weak model that sampling guides away from), seed {seed}, final loss "
                    f"{last.get('loss', float('nan')):.4f}, {seconds:.0f} s")
         return io.NodeOutput(Mimic(model, member, crop_size), summary)
 
@@ -111,8 +113,8 @@ class SampleMiniatureMimic(io.ComfyNode):
             node_id="SampleMiniatureMimic",
             display_name="Sample Miniature Mimic (Cloak)",
             category="cloak/mimicry",
-            description="Draws new images from a miniature mimic (ancestral DDIM from seeded noise, decoded by the "
-                        "encoder's decoder): what a model trained on that set learned to paint.",
+            description="Draws new images from a miniature mimic (ancestral DDIM from seeded noise with autoguidance, "
+                        "decoded by the encoder's decoder): what a model trained on that set learned to paint.",
             inputs=[
                 MiniatureMimic.Input("mimic", tooltip="From Train Miniature Mimic."),
                 io.Int.Input("count", default=16, min=1, max=256, tooltip="How many samples to draw."),
@@ -120,12 +122,16 @@ class SampleMiniatureMimic(io.ComfyNode):
                              tooltip="Seeds the starting noise: the same seed for both mimics compares like with "
                                      "like."),
                 io.Int.Input("sampler_steps", default=40, min=2, max=500, tooltip="DDIM steps per sample."),
+                io.Float.Input("guidance", default=M.MIMIC_GUIDANCE, min=0.0, max=5.0, step=0.05,
+                               tooltip="Autoguidance: how far each step is pushed away from the mimic's weaker twin "
+                                       "(trained alongside it). 1.0 made the miniature reproduce its training set's "
+                                       "style (the README's fit check); 0 samples the mimic alone."),
             ],
             outputs=[io.Image.Output(display_name="samples", tooltip="count samples, crop_size² each.")],
         )
 
     @classmethod
-    def execute(cls, mimic, count, seed, sampler_steps) -> io.NodeOutput:
+    def execute(cls, mimic, count, seed, sampler_steps, guidance=M.MIMIC_GUIDANCE) -> io.NodeOutput:
         side = mimic.crop // mimic.member.multiple
         bar = comfy.utils.ProgressBar(sampler_steps)
 
@@ -134,6 +140,7 @@ class SampleMiniatureMimic(io.ComfyNode):
             bar.update_absolute(done, total)
 
         z = M.sample(mimic.model, count, (side, side), steps=sampler_steps, seed=seed,
-                     bf16=M.bf16_is_fast(mimic.model.mean.device), on_step=on_step, eta=1.0)
+                     bf16=M.bf16_is_fast(mimic.model.mean.device), on_step=on_step, eta=1.0,
+                     guidance=guidance)
         out = M.in_chunks(mimic.member.decode, z.to(mimic.member.device), ENCODE_CHUNK)
         return io.NodeOutput(image_to_comfy(out.clamp(0, 1).cpu()))

@@ -139,7 +139,7 @@ def mimicry_miniature(info: dict) -> dict:
                 title="Encoder: a TAE with its decoder (taef2 for real)")
     style = g.add("StyleTargetLatents", 1, {"mode": "per_image"})
     glaze = g.add("GlazePerturb", 1, height=260)
-    train = {"steps": 1500, "seed": 0, "crop_size": 128}
+    train = {"steps": 1500, "seed": 0, "crop_size": 64}
     t_clean = g.add("TrainMiniatureMimic", 2, train, title="Train mimic: clean set")
     t_cloak = g.add("TrainMiniatureMimic", 2, train, title="Train mimic: cloaked set")
     s_clean = g.add("SampleMiniatureMimic", 3, {"count": 16, "seed": 1000}, title="Samples: clean-set mimic")

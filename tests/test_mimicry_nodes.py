@@ -26,6 +26,7 @@ def test_train_then_sample_draws_crops_through_the_decoder(mn):
     assert "latents [4, 4, 4]" in report, report  # TAESD: 4 channels at 1/8
     # a grid at half the crop's stride, flush with the far edges: 5 rows x 7 columns of 32² crops of 96x128
     assert "35 crops" in report, report
+    assert "weak model" in report and mimic.model.weak is not None  # autoguidance's weaker twin, trained alongside
     (samples,) = mn.N.SampleMiniatureMimic.execute(mimic, count=3, seed=5, sampler_steps=4).args
     assert samples.shape == (3, 32, 32, 3) and samples.dtype == torch.float32
     assert float(samples.min()) >= 0 and float(samples.max()) <= 1 and float(samples.std()) > 0
@@ -33,6 +34,8 @@ def test_train_then_sample_draws_crops_through_the_decoder(mn):
     assert torch.equal(samples, again)  # seeded
     (other,) = mn.N.SampleMiniatureMimic.execute(mimic, count=3, seed=6, sampler_steps=4).args
     assert not torch.equal(samples, other)
+    (unguided,) = mn.N.SampleMiniatureMimic.execute(mimic, count=3, seed=5, sampler_steps=4, guidance=0.0).args
+    assert not torch.equal(samples, unguided)  # the default guides away from the weak model
     same = mn.N.TrainMiniatureMimic.execute(mn.image, mn.tae, steps=6, seed=0, crop_size=32).args[0]
     assert all(torch.equal(a, b) for a, b in zip(same.model.state_dict().values(),
                                                  mimic.model.state_dict().values()))  # same seed, same model
