@@ -255,11 +255,12 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
         print(f"{'set':18} {'seed':>4} " + " ".join(f"{m + ' mimic':>14} {m + ' trained':>14} {m + ' fit':>10}"
                                                      for m in ms) + "  train s", flush=True)
         shares = {}
-        # the comparison first (clean, cloaked, reference), then the seed spread, then the rest: a run cut short
-        # still has the figures that matter most (every model is cached as it finishes)
+        # the comparison first (clean, cloaked, reference), then the seed spread, then the scraper's rows, then the
+        # controls: a run cut short still has the figures that matter most (every model is cached as it finishes)
         first = [k for k in ("clean", "cloaked", "reference") if k in latents]
+        rest = sorted((k for k in latents if k not in first), key=lambda k: not k.startswith("cloaked+"))
         order = [(k, seeds[0]) for k in first] + [(k, s) for s in seeds[1:] for k in latents if k in seed_sets] \
-            + [(k, seeds[0]) for k in latents if k not in first]
+            + [(k, seeds[0]) for k in rest]
         for label, seed in order:
             z = latents[label]
             settings = M.TrainSettings(steps=steps, seed=seed, bf16=M.bf16_is_fast("cpu"), **M.MIMIC_SETTINGS)
