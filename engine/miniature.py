@@ -1,9 +1,10 @@
 """A miniature latent diffusion model, trained from scratch on a TAE's latents: the judge of a cloak.
 
 A cloak's latent gain is a proxy; the question an artist asks is what a model *trained* on cloaked images draws
-(DESIGN.md §7). On a CPU that can be asked of a small model over TAEF2 latents (128² crops → ``[32, 16, 16]``):
-a two-level conv UNet with a timestep embedding (and a class embedding for concept poisoning), trained with the
-v-parameterisation on a cosine schedule, weights averaged (EMA), sampled with DDIM. Pure torch; runs on a GPU
+(DESIGN.md §7). On a CPU that can be asked of a small model over TAEF2 latents (64² crops → ``[32, 8, 8]``, see
+``MIMIC_*``): a two-level conv UNet with a timestep embedding (and a class embedding for concept poisoning),
+optional attention at the lowest level, trained with the v-parameterisation on a cosine schedule, weights averaged
+(EMA), sampled with DDIM, optionally guided away from a narrower twin (autoguidance). Pure torch; runs on a GPU
 unchanged (everything follows the latents' device).
 
     model = train(latents, labels=None, config=MiniConfig(channels=32), settings=TrainSettings(steps=1500))
