@@ -41,7 +41,7 @@ import common
 import devset
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "mimicry")
-SOURCES = 24                     # pictures per artist, 256² each -> 49 crops of 64² each (stride 32)
+SOURCES = 24                     # pictures per artist, 256² each
 SAMPLES, DDIM = 128, 40
 
 
@@ -235,7 +235,8 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
     sources = 4 if quick else sources
     samples = 16 if quick else SAMPLES
     print(f"\n== shift: target share of each model's samples (0 = the artist's decoded crops, 1 = the target's); "
-          f"{sources} sources of 256² per artist -> {49 * sources} crops of {M.MIMIC_CROP}²; {steps} steps, batch 32, "
+          f"{sources} sources of 256² per artist -> crops of {M.MIMIC_CROP}² at stride {M.MIMIC_CROP // 2}; {steps} "
+          f"steps, batch 32, "
           f"{samples} samples, {DDIM} ancestral DDIM steps, autoguidance {M.MIMIC_GUIDANCE}; fit = samples' distance "
           f"to their own training set / artist-to-target "
           f"(passes <= 0.25); purified: miniature purifier at strength {purifier_strength} ==", flush=True)
@@ -250,6 +251,7 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
         pictures.update({f"cloaked+{k}": v for k, v in scraped(E, member, sets["cloaked"], purifier_strength,
                                                                        resize).items()})
         latents = {k: encode(member, M.crops(v, M.MIMIC_CROP, M.MIMIC_CROP // 2)) for k, v in pictures.items()}
+        print(f"{name}: {latents['clean'].shape[0]} crops a set", flush=True)
         scorer = Scorer(M, judge, decode(member, latents["clean"]), decode(member, latents["target"]))
         ms = list(scorer.measures)
         print(f"{'set':18} {'seed':>4} " + " ".join(f"{m + ' mimic':>14} {m + ' trained':>14} {m + ' fit':>10}"

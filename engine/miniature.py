@@ -429,4 +429,5 @@ def fit_ratio(samples: torch.Tensor, training: torch.Tensor, artist: torch.Tenso
 
 
 __all__ = ["MIMIC_CONFIG", "MIMIC_SETTINGS", "MIMIC_GUIDANCE", "MIMIC_CROP", "MiniConfig", "TrainSettings",
-           "MiniUNet", "train", "sample", "purify", "save", "load", "read_metadata", "crops", "in_chunks", "bf16_is_fast", "fit_ratio", "alpha_sigma"]
+           "MiniUNet", "train", "sample", "purify", "save", "load", "read_metadata", "crops", "in_chunks",
+           "bf16_is_fast", "fit_ratio", "alpha_sigma"]

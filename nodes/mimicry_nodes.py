@@ -92,7 +92,8 @@ class TrainMiniatureMimic(io.ComfyNode):
 
         def on_step(done, total, loss):
             mm.throw_exception_if_processing_interrupted()
-            last["loss"] = loss
+            if done <= steps:  # the mimic's own loss (the weak twin's steps follow)
+                last["loss"] = loss
             bar.update_absolute(done, total)
 
         start = time.perf_counter()
