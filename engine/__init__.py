@@ -4,7 +4,7 @@ from .cloak import (CloakOptions, CloakSettings, INTENSITY, RENDER_QUALITY, form
                     reference_settings, settings_for)
 from .encoders import CallableEncoder, EncoderEnsemble, LatentEncoder, as_ensemble, module_encoder, tae_encoder
 from .metrics import psnr, ssim, target_gain
-from .objectives import (LatentMatch, LatentStyleStats, StyleTarget, make_style_target, objective_for_target,
+from .objectives import (DecodedLatentMatch, LatentMatch, LatentStyleStats, StyleTarget, make_style_target, objective_for_target,
                          style_target_from_latents)
 from .job import CloakJob, cloak_images, glaze_objectives
 from .optimize import Cancelled, Hooks, Schedule, optimize

@@ -95,18 +95,22 @@ class Passes:
 _PROBES: dict[tuple, Probe] = {}  # by encoder name (weights fingerprint), device, dtype and probe size
 
 
-def probe(encoder, side: int = PROBE_SIDE, precision: str = "fp32", time_side: int = TIME_PROBE_SIDE) -> Probe:
+def probe(encoder, side: int = PROBE_SIDE, precision: str = "fp32", time_side: int = TIME_PROBE_SIDE,
+          decoded: bool = False) -> Probe:
     """Measure ``encoder`` (an EncoderEnsemble): the bytes kept for backward on a grey ``side``² probe, the time of
     a pass on a ``time_side``² one (both at least its ``min_size``), its passes in ``precision``
     (engine.precision); measured once per encoder, device and precision (the cost per pixel does not change
-    between runs)."""
+    between runs). ``decoded``: each pass also decodes the latent (the decoded objective,
+    engine.objectives.DecodedLatentMatch), for members that carry their decoder."""
     from .precision import autocast_members, resolve
     m = max(1, int(encoder.multiple))
     side, time_side = (-(-max(int(s_), int(encoder.min_size)) // m) * m for s_ in (side, time_side))
     device = encoder.members[0].device
     members = autocast_members(encoder.members, precision, device)
+    if decoded:
+        members = [(lambda x, m_=m_: m_.decode(m_(x))) if m_.decode is not None else m_ for m_ in members]
     key = (encoder.name, str(device), tuple(str(x.dtype) for x in encoder.members), side, time_side,
-           str(resolve(precision, device)))
+           str(resolve(precision, device)), bool(decoded))
     if key not in _PROBES:
         _PROBES[key] = Probe(_saved_bytes(members, side, device) / side ** 2,
                              _pass_seconds(members, time_side, device) / time_side ** 2)

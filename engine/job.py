@@ -33,7 +33,7 @@ from .cloak import (MIN_TILE, CloakResult, CloakSettings, check_images, format_r
 from .encoders import EncoderEnsemble, as_ensemble
 from .estimate import (CostEstimate, Passes, batch_bytes, estimate_cost, fits_in_memory, max_tile_side, probe,
                        refusal_message)
-from .objectives import StyleTarget, objective_for_target
+from .objectives import DecodedLatentMatch, LatentMatch, StyleTarget, objective_for_target
 from .optimize import Hooks, optimize
 from .precision import autocast_members
 from .tiling import REPORT_MARGIN, TiledEncoder, TiledGradient, plan_tiles
@@ -101,7 +101,8 @@ class CloakJob:
         (ValueError, saying what to do) a job that cannot fit even in 64 px tiles."""
         s, ph, pw, b = self.settings, *self.padded_size, self.images.shape[0]
         shared = self.device.type == "cpu"  # the batch's copies live in CPU memory: on a CPU, beside the work
-        probed = probe(self.encoder, precision=s.precision)
+        decoded = s.decoded_weight > 0 and any(m.decode is not None for m in self.encoder.members)
+        probed = probe(self.encoder, precision=s.precision, decoded=decoded)
         memory_tile = max_tile_side(probed, ph, pw, free_bytes, self.passes, self.encoder.multiple,
                                     batch_bytes(ph, pw, b) if shared else 0.0)
         self.tile = tile_side(s, ph, pw, memory_tile or MIN_TILE, self.device.type)
@@ -149,6 +150,9 @@ class CloakJob:
         s, padded = self.settings, self.pad(x)
         tiles = plan_tiles(*self.padded_size, self.tile, s.margin, self.encoder.multiple) if self.tile else []
         objective = make_objective(i, padded)
+        if s.decoded_weight > 0 and type(objective) is LatentMatch \
+                and any(m.decode is not None for m in objective.encoder.members):
+            objective = DecodedLatentMatch(objective.encoder, objective.targets, s.decoded_weight)
         if tiles and not objective.tileable:
             logging.info("cloak: %s cannot be tiled; image %d runs whole", type(objective).__name__, i)
             tiles = []

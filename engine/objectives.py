@@ -243,6 +243,114 @@ class LatentMatch(EnsembleObjective):
         return [warp(t.to(device).expand(batch, *t.shape[1:])) for t in self.targets]
 
 
+def decode_in_tiles(decode: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, side: int = 64,
+                    margin: int = 4) -> torch.Tensor:
+    """``decode(z)`` without gradients, in latent tiles of ``side`` (+ ``margin`` each way, cut off again) when
+    ``z`` is bigger than one: a big image's decoded target and start distance in bounded memory."""
+    h, w = z.shape[-2:]
+    with torch.no_grad():
+        if h * w <= (side + 2 * margin) ** 2:
+            return decode(z)
+        rows = []
+        for y0 in range(0, h, side):
+            cols = []
+            for x0 in range(0, w, side):
+                y1, x1 = min(h, y0 + side), min(w, x0 + side)
+                cy0, cx0 = max(0, y0 - margin), max(0, x0 - margin)
+                out = decode(z[..., cy0:min(h, y1 + margin), cx0:min(w, x1 + margin)])
+                s = out.shape[-2] // (min(h, y1 + margin) - cy0)
+                cols.append(out[..., (y0 - cy0) * s:(y1 - cy0) * s, (x0 - cx0) * s:(x1 - cx0) * s])
+            rows.append(torch.cat(cols, -1))
+        return torch.cat(rows, -2)
+
+
+class DecodedLatentMatch(LatentMatch):
+    """:class:`LatentMatch` whose loss also pulls the *decoded* latent toward the decoded target: with weight ``w``,
+    ``(1 - w) (|z - t| / |z0 - t|)² + w (|D(z) - D(t)| / |D(z0) - D(t)|)²`` for each member that carries its
+    decoder ``D`` (TAE files with a ``*_decoder`` beside them); members without one keep the latent term alone.
+
+    A model that learns the cloaked latents perfectly draws ``D(E(x'))``: the latent distance weighs every latent
+    direction alike, the decoded one by how much it changes the picture such a model draws (bench/screen_mimic.py:
+    on TAEF2 it doubled the decoded style shift on line art and painting). ``distances``, the start and so the
+    report's target gain stay the latent ones; only the loss mixes. Tileable: each tile decodes its own latents and
+    its crop of the target's, and scores the core.
+    """
+
+    def __init__(self, encoder: EncoderEnsemble, targets: Sequence[torch.Tensor], weight: float = 0.5):
+        super().__init__(encoder, targets)
+        if not 0 <= weight <= 1:
+            raise ValueError(f"decoded weight must lie in [0, 1], got {weight}")
+        self.weight = float(weight)
+        self._decoded_start: torch.Tensor | None = None  # [B, M]: |D(z0) - D(t)| (1 where a member has no decoder)
+
+    def _target(self, k: int, z: torch.Tensor, warp: Warp | None) -> torch.Tensor:
+        t = self.targets[k].to(z.device)
+        t = t.expand(z.shape[0], *t.shape[1:]) if t.shape[0] == 1 else t
+        return warp(t) if warp is not None else t
+
+    def calibrate(self, pixels: torch.Tensor, encoder: EncoderEnsemble | None = None) -> None:
+        super().calibrate(pixels, encoder)
+        cols = []
+        with torch.no_grad():
+            for k, m in enumerate((encoder or self.encoder).members):
+                dec = self.encoder.members[k].decode
+                if dec is None:
+                    cols.append(torch.ones(pixels.shape[0], device=self.start.device))
+                    continue
+                z = m(pixels)
+                t = self._target(k, z, None)
+                d = (decode_in_tiles(dec, z) - decode_in_tiles(dec, t)).flatten(1).norm(dim=1)
+                cols.append(d.to(self.start.device))
+        self._decoded_start = torch.stack(cols, 1).clamp_min(1e-8)
+
+    def training_distances(self, pixels: torch.Tensor, warp: Warp | None = None,
+                           encoder: EncoderEnsemble | None = None) -> torch.Tensor:
+        """The mixed distance, in the latent start's units (so ``loss`` = the mix above)."""
+        cols = []
+        for k, m in enumerate((encoder or self.encoder).members):
+            z = m(pixels)
+            lat = self.member_distance(k, z, warp)
+            dec_fn = m.decode
+            if dec_fn is None or self.weight == 0:
+                cols.append(lat)
+                continue
+            t = self._target(k, z, warp)
+            with torch.no_grad():
+                dt = dec_fn(t)
+            dec = (dec_fn(z) - dt).flatten(1).norm(dim=1)
+            scale = (self.start[:, k] / self._decoded_start[:, k]).to(z.device)
+            cols.append(((1 - self.weight) * lat ** 2 + self.weight * (dec * scale) ** 2).add(1e-12).sqrt())
+        return torch.stack(cols, 1)
+
+    def region_loss(self, pixels: torch.Tensor, warp: Warp | None, tile,
+                    targets: Sequence[torch.Tensor] | None = None,
+                    encoder: EncoderEnsemble | None = None) -> torch.Tensor:
+        start, dstart = self.start, self._decoded_start
+        total = 0.0
+        for k, m in enumerate((encoder or self.encoder).members):
+            z = m(pixels)
+            s = pixels.shape[-2] // z.shape[-2]
+            t = (self.targets if targets is None else targets)[k].to(z.device)
+            check_channels(t.shape[1], z.shape[1], m.name)
+            t = t[..., tile.cy0 // s:tile.cy1 // s, tile.cx0 // s:tile.cx1 // s]
+            t = t.expand(z.shape[0], *t.shape[1:]) if t.shape[0] == 1 else t
+            if warp is not None:
+                t = warp(t)
+            ys, xs = (tile.y0 - tile.cy0) // s, (tile.x0 - tile.cx0) // s
+            ye, xe = (tile.y1 - tile.cy0) // s, (tile.x1 - tile.cx0) // s
+            sq = (z[..., ys:ye, xs:xe] - t[..., ys:ye, xs:xe]).pow(2).flatten(1).sum(1)
+            term = sq / start[:, k].to(z.device) ** 2
+            if m.decode is not None and self.weight > 0:
+                with torch.no_grad():
+                    dt = m.decode(t)
+                d = m.decode(z) - dt
+                f = d.shape[-2] // z.shape[-2]
+                dsq = d[..., ys * f:ye * f, xs * f:xe * f].pow(2).flatten(1).sum(1)
+                term = (1 - self.weight) * term + self.weight * dsq / dstart[:, k].to(z.device) ** 2
+            total = total + self.encoder.weights[k] * term
+        return total
+
+
 class LatentStyleStats(EnsembleObjective):
     """Match latent style statistics (channel mean/std and Gram matrix) of a style set (StyleGuard, 2025).
 

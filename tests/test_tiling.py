@@ -159,3 +159,76 @@ def test_taef2_tiled_cloak_has_no_seams_and_the_strength_of_a_whole_one(taef2):
     assert 0.9 <= ratio["tiled"] / ratio["whole"] <= 1.1, ratio  # tile borders look like the whole cloak there
     assert out["tiled"][1]["target_gain"] > 0.9 * out["whole"][1]["target_gain"], (out["tiled"][1], out["whole"][1])
     assert abs(out["tiled"][1]["psnr"] - out["whole"][1]["psnr"]) < 0.3
+
+
+def local_decoder():
+    """A conv decoder with a small receptive field (nearest upsampling and 3x3 convs), no normalisation."""
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Upsample(scale_factor=2), torch.nn.Conv2d(4, 8, 3, 1, 1), torch.nn.ReLU(),
+                              torch.nn.Upsample(scale_factor=4), torch.nn.Conv2d(8, 3, 3, 1, 1)).requires_grad_(False)
+    return lambda z: torch.sigmoid(net(z))
+
+
+def test_the_decoded_objective_tiles_exactly_and_keeps_the_latent_distances():
+    """DecodedLatentMatch: 1.0 at the start, the latent distances (what the report's gain is), a loss that mixes
+    in the decoded distance, and a tiled gradient equal to the whole image's where the margin covers both nets."""
+    import dataclasses as dc
+    enc = local_encoder()
+    enc = E.EncoderEnsemble([dc.replace(enc.members[0], decode=local_decoder())])
+    x = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(0))
+    other = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(5)).pow(3)
+    plain = E.LatentMatch(enc, [enc.members[0](other)])
+    plain.calibrate(x)
+    obj = E.DecodedLatentMatch(enc, plain.targets, 0.5)
+    obj.calibrate(x)
+    assert float(obj.loss(x)) == pytest.approx(1.0, rel=1e-5)
+    y = 0.6 * x + 0.4 * other  # part of the way to the target's picture
+    assert torch.allclose(obj.distances(y), plain.distances(y))
+    lat = float(plain.loss(y))
+    dec_fn = enc.members[0].decode
+    t = plain.targets[0]
+    dec = float(((dec_fn(enc.members[0](y)) - dec_fn(t)).norm() / (dec_fn(enc.members[0](x)) - dec_fn(t)).norm()) ** 2)
+    assert float(obj.loss(y)) == pytest.approx(0.5 * lat + 0.5 * dec, rel=1e-4)
+    assert abs(dec - lat) > 0.01  # the two terms differ, so the check above tells the mix from either alone
+    yg = y.clone().requires_grad_(True)
+    (whole,) = torch.autograd.grad(obj.loss(yg).sum(), yg)
+    tiles = tiling.plan_tiles(128, 160, 48, 32, 8)
+    grad, value = tiling.TiledGradient(obj, tiles)(y, None, torch.Generator(), 1, 0.0)
+    assert value == pytest.approx(float(obj.loss(y)), rel=1e-5)
+    assert torch.allclose(grad, whole, atol=1e-5 * float(whole.abs().max()), rtol=1e-4)
+    with pytest.raises(ValueError, match="decoded weight"):
+        E.DecodedLatentMatch(enc, plain.targets, 1.5)
+
+
+def test_decoding_in_tiles_equals_the_whole_decode_where_the_margin_covers_the_decoder():
+    O = importlib.import_module(E.__name__ + ".objectives")
+    dec = local_decoder()
+    z = torch.randn(1, 4, 40, 52, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = dec(z)
+    assert torch.allclose(O.decode_in_tiles(dec, z, side=16, margin=2), whole, atol=1e-6)
+    assert torch.allclose(O.decode_in_tiles(dec, z), whole, atol=1e-6)  # one tile
+
+
+def test_a_cloak_with_a_decoder_runs_the_decoded_objective_in_tiles():
+    """Through the job: an encoder that carries its decoder gets the decoded objective (GlazePerturb's default) and
+    a big image still runs in tiles, never a pass over the whole image; with the weight 0 the latent objective
+    runs, and the two cloaks differ."""
+    import dataclasses as dc
+    base = local_encoder()
+    decodes = []
+    dec = local_decoder()
+    member = dc.replace(base.members[0], decode=lambda z: (decodes.append(tuple(z.shape[-2:])), dec(z))[1])
+    enc = E.EncoderEnsemble([member])
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(2))
+    target = E.style_target_from_latents(enc.name, ["local"], [[member(x.flip(-1))]], "per_image")
+    s = dc.replace(E.settings_for("default", "faster", "off"), steps=4, tile=64)
+    with torch.enable_grad():
+        mixed = E.cloak_images(x, enc, E.glaze_objectives(enc, target), s)
+    assert mixed.reports[0]["tiles"] == 16 and mixed.reports[0]["target_gain"] > 0.01
+    tiled = [d for d in decodes if d[0] * d[1] < 32 * 32]
+    assert len(tiled) >= 4 * 16 and len(decodes) - len(tiled) == 2  # the whole latent only to calibrate (no grad)
+    decodes.clear()
+    with torch.enable_grad():
+        plain = E.cloak_images(x, enc, E.glaze_objectives(enc, target), dc.replace(s, decoded_weight=0.0))
+    assert not decodes and not torch.equal(plain.images, mixed.images)
