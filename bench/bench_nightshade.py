@@ -144,9 +144,10 @@ def bench_speed(ctx, size, noise_steps, full_steps):
     print(f"\n== 1. speed at {size}² (1 image; trained TAESD encoder) ==")
     print(f"{'objective':52} {'steps':>6} {'s/step':>8} {'s/image at 100 steps':>21}")
     x, anchors = photo_set(size, 1), cat_anchors(size)[:1]
-    run(ctx, x, anchors, dataclasses.replace(ctx.E.settings_for("default", "default", "off"), steps=2))  # warm-up
+    warm = ctx.E.settings_for("default", "default", "off", kind="nightshade")
+    run(ctx, x, anchors, dataclasses.replace(warm, steps=2))  # warm-up
     for rob in ("off", "on"):
-        s = ctx.E.settings_for("default", "default", rob)
+        s = ctx.E.settings_for("default", "default", rob, kind="nightshade")
         s = dataclasses.replace(s, steps=noise_steps)
         r, _ = run(ctx, x, anchors, s)
         print(f"{'latent, robustness ' + rob:52} {noise_steps:6d} {r['sec_step']:8.3f} {r['sec_step'] * 100:21.1f}")
@@ -157,7 +158,7 @@ def bench_speed(ctx, size, noise_steps, full_steps):
     for label, make, steps in models:
         patcher, positive = make()
         for rob in ("off", "on"):
-            s = dataclasses.replace(ctx.E.settings_for("default", "default", rob), steps=steps)
+            s = dataclasses.replace(ctx.E.settings_for("default", "default", rob, kind="nightshade"), steps=steps)
             r, _ = with_model(ctx, patcher, positive, latent_size,
                               lambda p, s=s: run(ctx, x, anchors, s, "noise", p))
             print(f"{label + ', robustness ' + rob:52} {steps:6d} {r['sec_step']:8.3f} {r['sec_step'] * 100:21.1f}")
@@ -181,7 +182,7 @@ def bench_intensity(ctx, size, count, quality, robustness):
           f"latent objective vs the reference loop (L∞ sign PGD, PSNR-matched) ==")
     print(f"{'preset':8} {'method':10} " + " ".join(f"{c:>9}" for c in COLS) + f" {'eps/255':>8}")
     for preset in ("low", "default", "high"):
-        s = ctx.E.settings_for(preset, quality, robustness)
+        s = ctx.E.settings_for(preset, quality, robustness, kind="nightshade")
         ours, _ = run(ctx, x, anchors, s)
         ref = matched_reference(ctx, x, anchors, ours["psnr"], s.steps)
         for label, r, eps in (("nightshade", ours, s.eps * 255), ("reference", ref, ref["eps_255"])):
@@ -191,7 +192,7 @@ def bench_intensity(ctx, size, count, quality, robustness):
 
 def bench_check(ctx, size, count, quality, robustness):
     x, anchors = photo_set(size, count), cat_anchors(size)
-    s = ctx.E.settings_for("default", quality, robustness)
+    s = ctx.E.settings_for("default", quality, robustness, kind="nightshade")
     print(f"\n== 3. check: intensity default, render quality {quality}, robustness {robustness}, {count} photos at "
           f"{size}², {anchors.shape[0]} cat anchors ==")
     r, res = run(ctx, x, anchors, s)
@@ -222,8 +223,8 @@ def bench_presets(ctx, size, count, quality, robustness, psnr_levels, presets=("
           f"{anchors.shape[0]} cat anchors, render quality {quality}, robustness {robustness} ==")
     print(f"{'setting':26} {'PSNR':>7} {'SSIM':>7} {'gain':>7} {'toward':>7} {'nearer':>7} {'s/img':>7}")
     all_at = None
-    rows = [(p, ctx.E.settings_for(p, quality, robustness)) for p in presets]
-    high = ctx.E.settings_for("high", quality, robustness)
+    rows = [(p, ctx.E.settings_for(p, quality, robustness, kind="nightshade")) for p in presets]
+    high = ctx.E.settings_for("high", quality, robustness, kind="nightshade")
     rows += [(f"PSNR >= {p:g} dB", dataclasses.replace(high, min_psnr=float(p), min_ssim=None, eps=48 / 255))
              for p in psnr_levels]
     for label, s in rows:

@@ -51,6 +51,9 @@ class CloakSettings:
     precision: str = "fp32"
     # the preset's mean target gain on ordinary art (TYPICAL_GAIN; None for custom): the report warns far under it
     typical_gain: float | None = None
+    # share of the loss that pulls the *decoded* latent toward the decoded target, for encoders that carry their
+    # decoder (engine.objectives.DecodedLatentMatch; 0 = the latent distance alone): see KINDS
+    decoded_weight: float = 0.0
 
     def schedule(self) -> Schedule:
         return Schedule(self.steps, self.step_rule, self.lr, self.lr_final, self.patience)
@@ -81,11 +84,24 @@ INTENSITY = {
 }
 # Render quality: how long to compute (optimisation steps), as in Glaze.
 RENDER_QUALITY = {"faster": 50, "default": 100, "slowest": 300}
+# What differs between a style cloak and a concept poison. For the style cloak (GlazePerturb), judged by what a
+# model that learns the cloaked latents would draw (bench/screen_mimic.py, TAEF2, 4 artists x 2 pictures at 256²,
+# TAESANA Gram target share of D(E(x')) moved over the clean picture's): the adaptive budget's flat-area floor 0.1
+# -> 0.5 moved it +0.239 against +0.187, as much as plain PGD's +0.238 at 0.8 dB less change (the SSIM floor binds
+# sooner); mixing the decoded distance in at 0.5 moved it further (line art +0.403, painting +0.221, against
+# +0.265 / +0.138). The poison keeps the latent objective and floor 0.1 until a trained model judges it (#17).
+KINDS = {
+    "glaze": dict(floor=0.5, decoded_weight=0.5),
+    "nightshade": dict(floor=0.1, decoded_weight=0.0),
+}
 
 
 def settings_for(intensity: str = "default", render_quality: str = "default", robustness: str = "on",
-                 custom_eps: float | None = None, budget: str = "adaptive") -> CloakSettings:
-    """Settings from the user-facing presets. ``intensity="custom"`` uses ``custom_eps`` (0..1 units)."""
+                 custom_eps: float | None = None, budget: str = "adaptive", kind: str = "glaze") -> CloakSettings:
+    """Settings from the user-facing presets. ``intensity="custom"`` uses ``custom_eps`` (0..1 units); ``kind``
+    "glaze" (a style cloak) or "nightshade" (a concept poison), see KINDS."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown cloak kind {kind!r}; choose one of {list(KINDS)}")
     if render_quality not in RENDER_QUALITY:
         raise ValueError(f"unknown render quality {render_quality!r}; choose one of {list(RENDER_QUALITY)}")
     if robustness not in ROBUSTNESS_LEVELS:
@@ -100,7 +116,7 @@ def settings_for(intensity: str = "default", render_quality: str = "default", ro
     else:
         raise ValueError(f"unknown intensity {intensity!r}; choose one of {list(INTENSITY) + ['custom']}")
     return CloakSettings(steps=RENDER_QUALITY[render_quality], robustness=robustness, budget=budget,
-                         typical_gain=TYPICAL_GAIN.get(intensity), **level)
+                         typical_gain=TYPICAL_GAIN.get(intensity), **level, **KINDS[kind])
 
 
 MIN_TILE = 64  # the smallest tile side (px): a tile_size of 1..63 runs as this
@@ -119,6 +135,8 @@ class CloakOptions:
     budget: str = "adaptive"
     tile_size: int = 0
     pass_precision: str = "auto"
+    kind: str = "glaze"  # engine.cloak.KINDS: "glaze" (GlazePerturb) or "nightshade" (NightshadePoison)
+    decoded: bool = True  # False: no decoded term whatever the kind (GlazePerturb's decoded_objective off)
 
     def settings(self) -> CloakSettings:
         if self.pass_precision not in PASS_PRECISIONS:
@@ -128,12 +146,13 @@ class CloakOptions:
             logging.info("tile_size %d px is below the smallest useful tile; using %d px", tile, MIN_TILE)
             tile = MIN_TILE
         base = settings_for(self.intensity, self.render_quality, self.robustness, self.custom_budget / 255,
-                            self.budget)
-        return dataclasses.replace(base, tile=tile, precision=self.pass_precision)
+                            self.budget, self.kind)
+        return dataclasses.replace(base, tile=tile, precision=self.pass_precision,
+                                   decoded_weight=base.decoded_weight if self.decoded else 0.0)
 
     def describe(self) -> str:
         return (f"intensity {self.intensity}, render quality {self.render_quality}, robustness {self.robustness}, "
-                f"budget {self.budget}")
+                f"budget {self.budget}" + ("" if self.decoded or self.kind != "glaze" else ", decoded objective off"))
 
 
 def check_images(images: torch.Tensor, encoder: EncoderEnsemble, what: str = "image") -> None:
@@ -301,6 +320,6 @@ def format_report(reports: list[dict], title: str, notes: list[str] | None = Non
     return "\n\n".join(lines)  # blank lines: ComfyUI's Preview Any renders Markdown, which joins single lines
 
 
-__all__ = ["CloakSettings", "CloakOptions", "INTENSITY", "RENDER_QUALITY", "settings_for", "CloakResult",
+__all__ = ["CloakSettings", "CloakOptions", "INTENSITY", "RENDER_QUALITY", "KINDS", "settings_for", "CloakResult",
            "reference_settings", "shrink_to_floors", "format_report", "protection_warning", "unprotected_reason",
            "check_images", "padder", "latent_sizes", "tile_side"]

@@ -18,13 +18,23 @@ class GlazePerturb(io.ComfyNode):
             category="cloak",
             description="Cloaks artwork against style mimicry: a small, computed change that moves what the "
                         "encoder sees toward the target style, so a LoRA trained on it learns that style "
-                        "instead of yours.",
+                        "instead of yours. With an encoder that carries its decoder (e.g. TAEF2 with its "
+                        "*_decoder file), it also pulls the decoded latent, the picture such a model would draw, "
+                        "toward the target (about 2.7x the time per step).",
             inputs=[
                 io.Image.Input("image", tooltip="The artwork to cloak (a batch: each image gets its own cloak)."),
                 CloakEncoder.Input("encoder", tooltip="From LoadVAEEncoder: the model(s) to cloak against."),
                 StyleTarget.Input("style_target", tooltip="From StyleTargetLatents, made with the same encoder."),
                 *cloak_inputs(),
                 *scale_inputs(),
+                io.Boolean.Input("decoded_objective", default=True, optional=True,
+                                 tooltip="Advanced. On (default since 2026-12-01): where the encoder carries its "
+                                         "decoder (e.g. TAEF2 with its *_decoder file), the cloak also pulls the "
+                                         "decoded latent, the picture a model trained on your art would draw, "
+                                         "toward the target: measured on TAEF2 it moved that picture's style 1.2x "
+                                         "(TAESANA features) to 3.8x (pixel statistics) as far as plain PGD, at "
+                                         "about 2.7x the time. Off: the latent distance alone (faster; no effect "
+                                         "for encoders without a decoder)."),
             ],
             outputs=[
                 io.Image.Output(display_name="cloaked", tooltip="The cloaked artwork, on 8-bit levels: save it as PNG "
@@ -37,8 +47,9 @@ class GlazePerturb(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, encoder, style_target, intensity, render_quality, robustness, seed,
-                custom_budget, budget, tile_size=0, pass_precision="auto") -> io.NodeOutput:
-        options = CloakOptions(intensity, render_quality, robustness, custom_budget, budget, tile_size, pass_precision)
+                custom_budget, budget, tile_size=0, pass_precision="auto", decoded_objective=True) -> io.NodeOutput:
+        options = CloakOptions(intensity, render_quality, robustness, custom_budget, budget, tile_size, pass_precision,
+                               decoded=bool(decoded_objective))
         ensemble = as_ensemble(encoder)
         pixels, alpha = image_to_engine(image), image_alpha(image)
         objectives = glaze_objectives(ensemble, style_target, pixels.shape[0])

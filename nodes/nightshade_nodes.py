@@ -161,7 +161,8 @@ class NightshadePoison(io.ComfyNode):
                 budget, objective, model=None, positive=None, tile_size=0, pass_precision="auto") -> io.NodeOutput:
         if objective == "noise" and (model is None or positive is None):
             raise ValueError(NOISE_WIRING)
-        options = CloakOptions(intensity, render_quality, robustness, custom_budget, budget, tile_size, pass_precision)
+        options = CloakOptions(intensity, render_quality, robustness, custom_budget, budget, tile_size, pass_precision,
+                               kind="nightshade")
         ensemble = as_ensemble(encoder)
         pixels, alpha = image_to_engine(image), image_alpha(image)
         captions = captions_for(caption, pixels.shape[0])

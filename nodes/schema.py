@@ -20,7 +20,8 @@ def cloak_inputs() -> list:
         io.Combo.Input("intensity", options=list(INTENSITY) + ["custom"], default="default",
                        tooltip="How much the image may change. low: PSNR ≥ 38 dB, SSIM ≥ 0.96; default: PSNR ≥ 35 dB, "
                                "SSIM ≥ 0.93; high: PSNR ≥ 32 dB, SSIM ≥ 0.87 (more protection, more visible). "
-                               "A pixel moves at most 12 / 20 / 32 of 255 (in busy texture; flat areas a tenth). "
+                               "A pixel moves at most 12 / 20 / 32 of 255 in busy texture (flat areas: half of it for "
+                               "GlazePerturb, a tenth for NightshadePoison). "
                                "custom: at most custom_budget/255 per pixel, no PSNR/SSIM floor."),
         io.Combo.Input("render_quality", options=list(RENDER_QUALITY), default="default",
                        tooltip="How long to compute: faster = 50, default = 100, slowest = 300 optimisation "

@@ -99,15 +99,17 @@ def test_budget_holds_on_saved_8bit_png(tmp_path):
         assert psnr >= settings.min_psnr - 0.5, psnr
 
 
-def test_adaptive_budget_spares_flat_areas():
+@pytest.mark.parametrize("kind, spread", [("nightshade", 3.0), ("glaze", 1.2)])
+def test_adaptive_budget_spares_flat_areas(kind, spread):
+    """Flat areas get at most the floor's share of the cap (0.1 for the poison, 0.5 for the style cloak)."""
     x = photo_like(1)
-    settings = E.settings_for("high", "faster", "off")
+    settings = E.settings_for("high", "faster", "off", kind=kind)
     res, _ = glaze(x, toy_encoder(), settings)
     change = (res.images - x).abs()
     w = x.shape[-1]
     flat, textured = change[..., 4:-4, 4: w // 2 - 8], change[..., 4:-4, w // 2 + 8:-4]
-    assert flat.max() <= 0.2 * settings.eps + 1 / 255
-    assert textured.mean() > 3 * flat.mean()
+    assert flat.max() <= (settings.floor + 0.1) * settings.eps + 1 / 255
+    assert textured.mean() > spread * flat.mean(), (float(textured.mean()), float(flat.mean()))
 
 
 def test_linf_box_holds():
@@ -231,6 +233,22 @@ def test_bad_presets_name_the_value():
         E.settings_for("custom", custom_eps=None)
 
 
+def test_the_style_cloak_and_the_poison_keep_their_own_method_settings():
+    """GlazePerturb (kind glaze) floors flat areas at 0.5 and mixes the decoded objective in; NightshadePoison keeps
+    floor 0.1 and the latent objective; decoded_objective off drops the decoded term only; the reference loop has
+    neither."""
+    glaze, poison = E.settings_for(), E.settings_for(kind="nightshade")
+    assert (glaze.floor, glaze.decoded_weight) == (0.5, 0.5) and (poison.floor, poison.decoded_weight) == (0.1, 0.0)
+    assert E.CloakOptions().settings().decoded_weight == 0.5
+    off = E.CloakOptions(decoded=False)
+    assert off.settings().decoded_weight == 0.0 and off.settings().floor == 0.5
+    assert "decoded objective off" in off.describe() and "decoded" not in E.CloakOptions().describe()
+    assert E.CloakOptions(kind="nightshade").settings().decoded_weight == 0.0
+    assert E.reference_settings(4 / 255, 10).decoded_weight == 0.0
+    with pytest.raises(ValueError, match="unknown cloak kind 'poison'"):
+        E.settings_for(kind="poison")
+
+
 def test_lpips_budget_explains_missing_weights():
     try:
         import lpips  # noqa: F401
@@ -328,5 +346,5 @@ def test_the_engine_nightshade_entry_point_is_the_job():
     x = photo_like(2)
     import importlib
     ns = importlib.import_module(E.__name__ + ".nightshade")
-    res = ns.poison_images(x, enc, 1 - x[:1], E.settings_for("default", "faster", "off"))
+    res = ns.poison_images(x, enc, 1 - x[:1], E.settings_for("default", "faster", "off", kind="nightshade"))
     assert len(prepared) == 1 and len(res.checks) == 2 and res.cloak.images.shape == x.shape

@@ -140,16 +140,52 @@ def test_a_cloak_on_taef2_beats_equal_psnr_noise_and_the_reference_loop(comfy_ho
 
     ref_img, ref = run(E.reference_settings(4 / 255, 40))
     import dataclasses
-    ours_img, ours = run(dataclasses.replace(E.settings_for("default", "faster", "on"), steps=40,
-                                             min_psnr=ref["psnr"]))
+    default = dataclasses.replace(E.settings_for("default", "faster", "on"), steps=40, min_psnr=ref["psnr"])
+    # the latent objective with flat floor 0.1: GlazePerturb's default until 2026-12-01, what the README's latent
+    # tables measured: about the reference's clean gain (0.98x on the development set), well above it once the
+    # image has been through JPEG q75 (1.38x there)
+    latent_img, latent = run(dataclasses.replace(default, floor=0.1, decoded_weight=0.0))
+    assert latent["psnr"] >= ref["psnr"] - 0.05
+    assert gain(latent_img) > 0.9 * gain(ref_img), (gain(latent_img), gain(ref_img))
+    assert gain(jpeg(latent_img, 75)) > 1.2 * gain(jpeg(ref_img, 75)), (gain(jpeg(latent_img, 75)),
+                                                                         gain(jpeg(ref_img, 75)))
+    # today's default trades a little latent gain for what a mimic draws (the decoded objective): still far above
+    # equal-PSNR noise, near the reference's clean gain and ahead of it after JPEG
+    ours_img, ours = run(default)
     assert ours["psnr"] >= ref["psnr"] - 0.05
     noise = gain(equal_psnr_noise(x, ours_img))
     assert gain(ours_img) > 0.15 and gain(ours_img) > 5 * max(noise, 0.01), (gain(ours_img), noise)
-    # what the README claims at matched PSNR: about the reference's clean gain (0.98x on the development set),
-    # well above it once the image has been through JPEG q75 (1.38x there)
-    assert gain(ours_img) > 0.9 * gain(ref_img), (gain(ours_img), gain(ref_img))
+    assert gain(ours_img) > 0.8 * gain(ref_img), (gain(ours_img), gain(ref_img))
     assert gain(jpeg(ours_img, 75)) > 1.2 * gain(jpeg(ref_img, 75)), (gain(jpeg(ours_img, 75)),
                                                                        gain(jpeg(ref_img, 75)))
+
+
+def test_the_decoded_objective_moves_what_a_perfect_mimic_draws_further(comfy_host):
+    """GlazePerturb's default mixes the decoded distance in (engine.objectives.DecodedLatentMatch): the picture a
+    model that learns the cloaked latent would draw, D(E(x')), ends nearer the decoded target than with the latent
+    distance alone at the same settings, while the latent still moves (the report's gain stays the latent one)."""
+    need(TAEF2_ENC, TAEF2_DEC)
+    import dataclasses
+    E = comfy_host.pack.engine
+    member = tae_encoder(TAEF2_ENC)
+    enc = E.as_ensemble(member)
+    x = photo("coffee", 96)
+    style = (torch.round(F.avg_pool2d(x, 4).repeat_interleave(4, -1).repeat_interleave(4, -2) * 3) / 3)
+    target = E.make_style_target(enc, style, "per_image", E.padder(96, 96, 8))
+    base = dataclasses.replace(E.settings_for("default", "faster", "on"), steps=24)
+    assert base.decoded_weight == 0.5 and E.settings_for(kind="nightshade").decoded_weight == 0.0
+    with torch.no_grad():
+        dt = member.decode(target.latents[0])
+        start = float((member.decode(member(x)) - dt).norm())
+    out = {}
+    for w in (0.0, 0.5):
+        with torch.enable_grad():
+            res = E.cloak_images(x, enc, E.glaze_objectives(enc, target), dataclasses.replace(base, decoded_weight=w))
+        with torch.no_grad():
+            out[w] = (float((member.decode(member(res.images)) - dt).norm()) / start, res.reports[0])
+    (lat_only, rep0), (mixed, rep5) = out[0.0], out[0.5]
+    assert mixed < lat_only - 0.02, (mixed, lat_only)
+    assert rep5["target_gain"] > 0.1 and abs(rep5["psnr"] - rep0["psnr"]) < 1.5, (rep5, rep0)
 
 
 def test_glaze_workflow_runs_on_taef2_through_the_server(server):
