@@ -202,7 +202,8 @@ class LatentMatch(EnsembleObjective):
             raise ValueError(f"got {len(targets)} targets for an ensemble of {len(encoder.members)}")
         self.targets = [t.float() for t in targets]
 
-    def member_distance(self, k, z, warp):
+    def target_for(self, k: int, z: torch.Tensor, warp: Warp | None) -> torch.Tensor:
+        """Member ``k``'s target on the grid of the whole-image latent ``z``, warped with an EOT draw's ``warp``."""
         t = self.targets[k].to(z.device)
         check_channels(t.shape[1], z.shape[1], self.encoder.members[k].name)
         t = t.expand(z.shape[0], *t.shape[1:]) if t.shape[0] == 1 else t
@@ -210,7 +211,10 @@ class LatentMatch(EnsembleObjective):
             t = warp(t)
         if t.shape[-2:] != z.shape[-2:]:
             raise ValueError(f"target latent {list(t.shape)} does not fit the image latent {list(z.shape)}")
-        return (z - t).flatten(1).norm(dim=1)
+        return t
+
+    def member_distance(self, k, z, warp):
+        return (z - self.target_for(k, z, warp)).flatten(1).norm(dim=1)
 
     tileable = True
 
@@ -222,7 +226,6 @@ class LatentMatch(EnsembleObjective):
         squared distance is a sum over latent positions. ``targets`` (optional): whole-image target latents to
         use instead of this objective's (e.g. warped with the whole image by an EOT draw); ``warp`` (optional)
         warps the tile's own target crop."""
-        start = self.start
         total = 0.0
         for k, m in enumerate((encoder or self.encoder).members):
             z = m(pixels)
@@ -233,11 +236,16 @@ class LatentMatch(EnsembleObjective):
             t = t.expand(z.shape[0], *t.shape[1:]) if t.shape[0] == 1 else t
             if warp is not None:
                 t = warp(t)
-            core = (..., slice((tile.y0 - tile.cy0) // s, (tile.y1 - tile.cy0) // s),
+            core = (slice((tile.y0 - tile.cy0) // s, (tile.y1 - tile.cy0) // s),
                     slice((tile.x0 - tile.cx0) // s, (tile.x1 - tile.cx0) // s))
-            sq = (z[core] - t[core]).pow(2).flatten(1).sum(1)
-            total = total + self.encoder.weights[k] * sq / start[:, k].to(z.device) ** 2
+            total = total + self.encoder.weights[k] * self.tile_term(k, m, z, t, core)
         return total
+
+    def tile_term(self, k: int, member, z: torch.Tensor, t: torch.Tensor, core: tuple[slice, slice]) -> torch.Tensor:
+        """Member ``k``'s normalised loss on one tile: ``z`` and ``t`` the tile crop's latent and target, ``core``
+        the (rows, columns) of the latent grid the tile scores."""
+        sq = (z[..., core[0], core[1]] - t[..., core[0], core[1]]).pow(2).flatten(1).sum(1)
+        return sq / self.start[:, k].to(z.device) ** 2
 
     def warped_targets(self, warp: Warp, batch: int, device) -> list[torch.Tensor]:
         return [warp(t.to(device).expand(batch, *t.shape[1:])) for t in self.targets]
@@ -283,11 +291,6 @@ class DecodedLatentMatch(LatentMatch):
         self.weight = float(weight)
         self._decoded_start: torch.Tensor | None = None  # [B, M]: |D(z0) - D(t)| (1 where a member has no decoder)
 
-    def _target(self, k: int, z: torch.Tensor, warp: Warp | None) -> torch.Tensor:
-        t = self.targets[k].to(z.device)
-        t = t.expand(z.shape[0], *t.shape[1:]) if t.shape[0] == 1 else t
-        return warp(t) if warp is not None else t
-
     def calibrate(self, pixels: torch.Tensor, encoder: EncoderEnsemble | None = None) -> None:
         super().calibrate(pixels, encoder)
         cols = []
@@ -298,7 +301,7 @@ class DecodedLatentMatch(LatentMatch):
                     cols.append(torch.ones(pixels.shape[0], device=self.start.device))
                     continue
                 z = m(pixels)
-                t = self._target(k, z, None)
+                t = self.target_for(k, z, None)
                 d = (decode_in_tiles(dec, z) - decode_in_tiles(dec, t)).flatten(1).norm(dim=1)
                 cols.append(d.to(self.start.device))
         self._decoded_start = torch.stack(cols, 1).clamp_min(1e-8)
@@ -314,41 +317,23 @@ class DecodedLatentMatch(LatentMatch):
             if dec_fn is None or self.weight == 0:
                 cols.append(lat)
                 continue
-            t = self._target(k, z, warp)
             with torch.no_grad():
-                dt = dec_fn(t)
+                dt = dec_fn(self.target_for(k, z, warp))
             dec = (dec_fn(z) - dt).flatten(1).norm(dim=1)
             scale = (self.start[:, k] / self._decoded_start[:, k]).to(z.device)
             cols.append(((1 - self.weight) * lat ** 2 + self.weight * (dec * scale) ** 2).add(1e-12).sqrt())
         return torch.stack(cols, 1)
 
-    def region_loss(self, pixels: torch.Tensor, warp: Warp | None, tile,
-                    targets: Sequence[torch.Tensor] | None = None,
-                    encoder: EncoderEnsemble | None = None) -> torch.Tensor:
-        start, dstart = self.start, self._decoded_start
-        total = 0.0
-        for k, m in enumerate((encoder or self.encoder).members):
-            z = m(pixels)
-            s = pixels.shape[-2] // z.shape[-2]
-            t = (self.targets if targets is None else targets)[k].to(z.device)
-            check_channels(t.shape[1], z.shape[1], m.name)
-            t = t[..., tile.cy0 // s:tile.cy1 // s, tile.cx0 // s:tile.cx1 // s]
-            t = t.expand(z.shape[0], *t.shape[1:]) if t.shape[0] == 1 else t
-            if warp is not None:
-                t = warp(t)
-            ys, xs = (tile.y0 - tile.cy0) // s, (tile.x0 - tile.cx0) // s
-            ye, xe = (tile.y1 - tile.cy0) // s, (tile.x1 - tile.cx0) // s
-            sq = (z[..., ys:ye, xs:xe] - t[..., ys:ye, xs:xe]).pow(2).flatten(1).sum(1)
-            term = sq / start[:, k].to(z.device) ** 2
-            if m.decode is not None and self.weight > 0:
-                with torch.no_grad():
-                    dt = m.decode(t)
-                d = m.decode(z) - dt
-                f = d.shape[-2] // z.shape[-2]
-                dsq = d[..., ys * f:ye * f, xs * f:xe * f].pow(2).flatten(1).sum(1)
-                term = (1 - self.weight) * term + self.weight * dsq / dstart[:, k].to(z.device) ** 2
-            total = total + self.encoder.weights[k] * term
-        return total
+    def tile_term(self, k, member, z, t, core):
+        term = super().tile_term(k, member, z, t, core)
+        if member.decode is None or self.weight == 0:
+            return term
+        with torch.no_grad():
+            dt = member.decode(t)
+        d = member.decode(z) - dt
+        f = d.shape[-2] // z.shape[-2]
+        dsq = d[..., core[0].start * f:core[0].stop * f, core[1].start * f:core[1].stop * f].pow(2).flatten(1).sum(1)
+        return (1 - self.weight) * term + self.weight * dsq / self._decoded_start[:, k].to(z.device) ** 2
 
 
 class LatentStyleStats(EnsembleObjective):
