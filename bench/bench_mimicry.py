@@ -249,7 +249,7 @@ class Scorer:
 
 
 def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, resize=False, quick=False,
-                  sources=SOURCES):
+                  sources=SOURCES, only=None):
     """Train on the clean, cloaked, reference, noise and target sets, and on the scraped cloaked sets (same seed,
     same data order); print where each model's samples lie between the artist and the target, its fit to its own
     training set, and the perfect-mimic share (D(E(x')) of the set itself, no training)."""
@@ -290,6 +290,8 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
         rest = sorted((k for k in latents if k not in first), key=lambda k: not k.startswith("cloaked+"))
         order = [(k, seeds[0]) for k in first] + [(k, s) for s in seeds[1:] for k in latents if k in seed_sets] \
             + [(k, seeds[0]) for k in rest]
+        if only:
+            order = [(k, s) for k, s in order if k in only]
         for label, seed in order:
             z = latents[label]
             settings = M.TrainSettings(steps=steps, seed=seed, bf16=M.bf16_is_fast("cpu"), **M.MIMIC_SETTINGS)
@@ -341,6 +343,8 @@ def main():
     ap.add_argument("--resize", action="store_true", help="also train on the cloaked set after a 0.5x down-up resize")
     ap.add_argument("--sources", type=int, default=SOURCES, help="pictures per artist (cloaking is the slow part: "
                     "~100 s per 256² picture for the cloak and the reference on 2 CPU cores)")
+    ap.add_argument("--sets", default="", help="train only these sets, comma-separated (default: every set): "
+                    "e.g. clean,cloaked,reference when the time is short")
     ap.add_argument("--quick", action="store_true", help="4 sources, 16 samples (a smoke run, not a figure)")
     args = ap.parse_args()
     E = common.load_host().engine
@@ -348,7 +352,7 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 {M.bf16_is_fast('cpu')}")
     section_shift(E, M, args.artists.split(","), args.steps, [int(s) for s in args.seeds.split(",")],
                   args.seed_sets.split(","), args.purifier_strength, args.resize, args.quick,
-                  args.sources)
+                  args.sources, [k for k in args.sets.split(",") if k])
 
 
 if __name__ == "__main__":

@@ -238,12 +238,16 @@ class LatentMatch(EnsembleObjective):
                 t = warp(t)
             core = (slice((tile.y0 - tile.cy0) // s, (tile.y1 - tile.cy0) // s),
                     slice((tile.x0 - tile.cx0) // s, (tile.x1 - tile.cx0) // s))
-            total = total + self.encoder.weights[k] * self.tile_term(k, m, z, t, core)
+            # where this tile's target comes from, when it is this objective's own, unwarped one (None otherwise)
+            where = (tile.cy0, tile.cy1, tile.cx0, tile.cx1) if targets is None and warp is None else None
+            total = total + self.encoder.weights[k] * self.tile_term(k, m, z, t, core, where)
         return total
 
-    def tile_term(self, k: int, member, z: torch.Tensor, t: torch.Tensor, core: tuple[slice, slice]) -> torch.Tensor:
+    def tile_term(self, k: int, member, z: torch.Tensor, t: torch.Tensor, core: tuple[slice, slice],
+                  where=None) -> torch.Tensor:
         """Member ``k``'s normalised loss on one tile: ``z`` and ``t`` the tile crop's latent and target, ``core``
-        the (rows, columns) of the latent grid the tile scores."""
+        the (rows, columns) of the latent grid the tile scores; ``where`` names the tile when ``t`` is the
+        objective's own unwarped target (None otherwise), so that what depends on the target alone can be kept."""
         sq = (z[..., core[0], core[1]] - t[..., core[0], core[1]]).pow(2).flatten(1).sum(1)
         return sq / self.start[:, k].to(z.device) ** 2
 
@@ -290,9 +294,25 @@ class DecodedLatentMatch(LatentMatch):
             raise ValueError(f"decoded weight must lie in [0, 1], got {weight}")
         self.weight = float(weight)
         self._decoded_start: torch.Tensor | None = None  # [B, M]: |D(z0) - D(t)| (1 where a member has no decoder)
+        self._decoded_targets: dict = {}  # D(t) of unwarped targets (whole image or one tile's crop), kept per pass kind
+
+    def decoded_target(self, k: int, decode, t: torch.Tensor, z: torch.Tensor, where=None) -> torch.Tensor:
+        """``decode(t)`` without gradients, computed once per member, place (``where``: the whole image or one
+        tile) and pass kind (shape, dtype, device, autocast) when the target is not warped (``where`` None means
+        warped: decoded afresh). The target is fixed for a job, so one decoder forward per step is saved."""
+        if where is None:
+            with torch.no_grad():
+                return decode(t)
+        key = (k, where, tuple(z.shape), z.dtype, str(z.device), torch.is_autocast_enabled(z.device.type))
+        got = self._decoded_targets.get(key)
+        if got is None:
+            with torch.no_grad():
+                got = self._decoded_targets[key] = decode(t)
+        return got
 
     def calibrate(self, pixels: torch.Tensor, encoder: EncoderEnsemble | None = None) -> None:
         super().calibrate(pixels, encoder)
+        self._decoded_targets = {}
         cols = []
         with torch.no_grad():
             for k, m in enumerate((encoder or self.encoder).members):
@@ -317,20 +337,17 @@ class DecodedLatentMatch(LatentMatch):
             if dec_fn is None or self.weight == 0:
                 cols.append(lat)
                 continue
-            with torch.no_grad():
-                dt = dec_fn(self.target_for(k, z, warp))
+            dt = self.decoded_target(k, dec_fn, self.target_for(k, z, warp), z, None if warp else "whole")
             dec = (dec_fn(z) - dt).flatten(1).norm(dim=1)
             scale = (self.start[:, k] / self._decoded_start[:, k]).to(z.device)
             cols.append(((1 - self.weight) * lat ** 2 + self.weight * (dec * scale) ** 2).add(1e-12).sqrt())
         return torch.stack(cols, 1)
 
-    def tile_term(self, k, member, z, t, core):
-        term = super().tile_term(k, member, z, t, core)
+    def tile_term(self, k, member, z, t, core, where=None):
+        term = super().tile_term(k, member, z, t, core, where)
         if member.decode is None or self.weight == 0:
             return term
-        with torch.no_grad():
-            dt = member.decode(t)
-        d = member.decode(z) - dt
+        d = member.decode(z) - self.decoded_target(k, member.decode, t, z, where)
         f = d.shape[-2] // z.shape[-2]
         dsq = d[..., core[0].start * f:core[0].stop * f, core[1].start * f:core[1].stop * f].pow(2).flatten(1).sum(1)
         return (1 - self.weight) * term + self.weight * dsq / self._decoded_start[:, k].to(z.device) ** 2

@@ -200,6 +200,40 @@ def test_the_decoded_objective_tiles_exactly_and_keeps_the_latent_distances():
         E.DecodedLatentMatch(enc, plain.targets, 1.5)
 
 
+def test_the_decoded_objective_decodes_its_fixed_target_once_and_a_warped_one_afresh():
+    """D(t) is kept per place (whole image, each tile) once decoded: a second pass decodes only the cloaked latents,
+    with the same loss and gradient; a warped target (a geometric EOT draw) is decoded afresh every time."""
+    import dataclasses as dc
+    enc = local_encoder()
+    dec = local_decoder()
+    calls = []
+    member = dc.replace(enc.members[0], decode=lambda z: (calls.append(torch.is_grad_enabled()), dec(z))[1])
+    enc = E.EncoderEnsemble([member])
+    x = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(0))
+    other = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(5)).pow(3)
+    obj = E.DecodedLatentMatch(enc, [member(other)], 0.5)
+    obj.calibrate(x)
+    y = (0.6 * x + 0.4 * other).requires_grad_(True)
+    values, grads, counts = [], [], []
+    for _ in range(2):
+        calls.clear()
+        loss = obj.loss(y).sum()
+        (g,) = torch.autograd.grad(loss, y)
+        values.append(float(loss.detach())), grads.append(g), counts.append(len(calls))
+    assert counts == [2, 1] and values[0] == values[1] and torch.equal(grads[0], grads[1])
+    tiles = tiling.plan_tiles(128, 160, 48, 32, 8)
+    counts = []
+    for _ in range(2):
+        calls.clear()
+        grad, value = tiling.TiledGradient(obj, tiles)(y.detach(), None, torch.Generator(), 1, 0.0)
+        counts.append(len(calls))
+    assert counts == [2 * len(tiles), len(tiles)] and value == pytest.approx(values[0], rel=1e-5)
+    flip = lambda t: t.flip(-1)  # a stand-in geometric warp
+    calls.clear()
+    warped = [float(obj.loss(y, flip)) for _ in range(2)]
+    assert len(calls) == 4 and warped[0] == warped[1] != pytest.approx(values[0], rel=1e-3)
+
+
 def test_decoding_in_tiles_equals_the_whole_decode_where_the_margin_covers_the_decoder():
     O = importlib.import_module(E.__name__ + ".objectives")
     dec = local_decoder()
