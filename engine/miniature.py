@@ -352,6 +352,34 @@ def purify(model: MiniUNet, latents: torch.Tensor, strength: float, steps: int =
     return model.denormalise(out).to(latents.dtype)
 
 
+def predict_noise(model: MiniUNet, latents: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                  labels: torch.Tensor | None = None, bf16: bool = False) -> torch.Tensor:
+    """The noise ``model`` predicts on ``latents`` ``[N, C, h, w]`` (the training latents' own scale) noised to
+    times ``t`` ``[N]`` (0..1 of its schedule, 1 = pure noise) with ``noise`` (standard normal, the normalised
+    latents' shape): ``σ x_t + α v̂`` for the v it predicts. Differentiable in ``latents`` (the poison's noise
+    objective, engine.nightshade.NoiseMatch, through :func:`noise_predictor`)."""
+    x = model.normalise(latents.float())
+    a, s = (v.view(-1, 1, 1, 1) for v in alpha_sigma(t.to(x.device).float(), model.config.noise_shift))
+    xt = a * x + s * noise.to(x.device).float()
+    with _autocast(bf16, x.device):
+        v = model(xt, t.to(x.device).float(), None if labels is None else labels.to(x.device)).float()
+    return s * xt + a * v
+
+
+def noise_predictor(model: MiniUNet, label: int | None = None, bf16: bool = False, name: str = "miniature model"):
+    """``(predict, sigmas_from_uniform)`` for engine.nightshade.NoisePredictor: ``predict(latents, times, noise)``
+    under the caption ``label`` (a class id; None for an unconditional model); the schedule's "sigmas" are its
+    times, ``u`` 0 (most noise) mapped to time 1."""
+    if (label is None) != (not model.config.classes):
+        raise ValueError("a class-conditional model needs the caption's class id, an unconditional one none")
+
+    def predict(latents, times, noise):
+        y = None if label is None else torch.full((latents.shape[0],), int(label), dtype=torch.long)
+        return predict_noise(model, latents, times, noise, y, bf16)
+
+    return predict, (lambda u: (1.0 - u.float()).clamp(T_MIN, T_MAX))
+
+
 def save(model: MiniUNet, path: str, half: bool = False, **metadata: str) -> None:
     """Write ``model`` as safetensors (the config in the metadata, with any string ``metadata``, e.g. the TAE the
     latents came from; its weak version too, under ``weak.``); ``half`` stores the weights as float16 (half the

@@ -48,6 +48,28 @@ def test_a_class_conditional_miniature_fits_each_class_and_is_moved_by_its_data(
                        M.sample(model, 4, (8, 8), steps=5, seed=2, labels=torch.zeros(4, dtype=torch.long)))
 
 
+def test_the_noise_prediction_knows_its_caption_and_carries_gradients():
+    """predict_noise (the poison's noise objective against a miniature model): on class-0 latents the noise is
+    predicted better under caption 0 than under caption 1, the prediction is differentiable in the latents, and
+    noise_predictor maps the schedule's u (0 = most noise) to time 1 - u and checks the caption."""
+    z, y = two_styles()
+    model = M.train(z, y, M.MiniConfig(channels=4, width=32, classes=2),
+                    M.TrainSettings(steps=250, batch=32, lr=3e-3, seed=0))
+    x = z[y == 0][:32].clone().requires_grad_(True)
+    g = torch.Generator().manual_seed(4)
+    noise = torch.randn(x.shape, generator=g)
+    t = torch.full((32,), 0.5)
+    err = {c: float((M.predict_noise(model, x, t, noise, torch.full((32,), c)) - noise).pow(2).mean()) for c in (0, 1)}
+    assert err[0] < 0.8 * err[1], err
+    predict, sigmas = M.noise_predictor(model, 0)
+    (grad,) = torch.autograd.grad(predict(x, t, noise).pow(2).sum(), x)
+    assert torch.isfinite(grad).all() and float(grad.abs().sum()) > 0
+    assert torch.allclose(sigmas(torch.tensor([0.0, 0.25, 1.0])), torch.tensor([1 - 1e-3, 0.75, 1e-3]))
+    import pytest
+    with pytest.raises(ValueError, match="class id"):
+        M.noise_predictor(model, None)
+
+
 def test_same_seed_same_model_and_clear_errors():
     z, _ = two_styles(32)
     settings = M.TrainSettings(steps=5, batch=8, seed=3)

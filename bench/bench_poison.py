@@ -1,0 +1,294 @@
+"""Poison in miniature (issue 17): does a model trained on poisoned images of concept A draw concept B for A?
+
+Concepts (captions are concept ids): five sets of 64² images cut from 256² pictures (16 a picture, no overlap):
+``flat`` (A: bench/devset.py's flat-colour shapes), ``scene`` (flat illustrated landscapes: the concept related to
+A, for bleed-through), ``lineart`` (B: ink strokes), ``painting`` (brush strokes of photo tiles) and ``photo``
+(scikit-image's photo tiles); 8 pictures a concept for training, 2 others held out for the classifier.
+
+A class-conditional miniature model (engine/miniature.py, TAEF2 latents [32, 8, 8], width 64, v-prediction,
+EMA; ``CONFIG``/``SETTINGS`` below) is trained with the same seed and data order on each set: **clean**;
+**poisoned**: the first k of A's images poisoned toward B by NightshadePoison's engine path (intensity preset,
+robustness on, TAEF2, latent objective), its anchors being B images the *clean* model draws itself, as Nightshade
+does (each image paired with the nearest anchor by latent); **dirty-label**: the same k of A's images replaced by
+B images captioned A (the bound an attacker gets with no perturbation); **reference**: the plain reference PGD's
+poison (L∞ sign steps, no EOT) toward the same anchors at the L∞ level whose mean PSNR is nearest the poison's;
+**noise**: Gaussian noise at each poison's own PSNR. k runs over ``--counts`` (percent of A's images; the poisoned
+images of a smaller count are the first of a larger one's).
+
+Judge: a nearest-centroid classifier on TAESANA encoder features (channel means and Gram matrices at 1/4 scale:
+the network the poison is never made against), fitted on the decoded clean training images D(E(x)) of each
+concept, its accuracy on the held-out pictures' decoded images printed. Per model, 64 samples a concept (ancestral
+DDIM, 40 steps), decoded with TAEF2: **A->B** = the share of A-prompted samples classified B; **bleed** = the same
+for the related concept; **collateral** = for the unrelated concepts (painting, photo); **own** = the share of
+each concept's samples classified as that concept (the model's fit: a model that cannot draw its concepts
+cannot be poisoned meaningfully).
+
+    .host/venv/bin/python bench/bench_poison.py                       # default preset, counts 10,25,50, seeds 0,1,2
+    .host/venv/bin/python bench/bench_poison.py --counts 25 --seeds 0 --sets clean,poisoned,dirty
+    .host/venv/bin/python bench/bench_poison.py --quick               # a smoke run (tiny steps), no figure
+
+Poisoned images and trained models are cached in bench/out/poison/ (keyed by the data, the seed and the settings).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import time
+
+import numpy as np
+import torch
+
+import bench_mimicry as BM
+import common
+import devset
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "poison")
+CONCEPTS = ("flat", "scene", "lineart", "painting", "photo")
+A, RELATED, B = 0, 1, 2
+TRAIN_PICTURES, TEST_PICTURES, SIDE, CROP = 8, 2, 256, 64
+CONFIG = dict(width=64, attention=False, noise_shift=1.0)
+SETTINGS = dict(batch=32, lr=1e-3, weak_width=0)
+SAMPLES, DDIM, ANCHORS = 64, 40, 16
+
+
+def pictures(concept: str, first: int, count: int) -> torch.Tensor:
+    """``count`` 256² pictures of ``concept`` from picture number ``first`` on, ``[count, 3, 256, 256]``."""
+    idx = range(first, first + count)
+    if concept == "flat":
+        imgs = [devset._flat(SIDE, 500 + i) for i in idx]
+    elif concept == "scene":
+        imgs = [devset._flat_scene(SIDE, 600 + i) for i in idx]
+    elif concept == "lineart":
+        imgs = [devset._lineart(SIDE, 700 + i) for i in idx]
+    elif concept in ("painting", "photo"):
+        tiles = BM.photo_tiles(40)
+        # painting and photo take interleaved tiles, so the two concepts show different places
+        picks = [tiles[2 * i + (concept == "photo")] for i in idx]
+        imgs = [devset._painting(t, 800 + i) for i, t in zip(idx, picks)] if concept == "painting" else picks
+    else:
+        raise ValueError(concept)
+    x = np.stack([np.round(np.asarray(i, dtype=np.float32) * 255) / 255 for i in imgs]).astype(np.float32)
+    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+
+
+def images(concept: str, first: int, count: int) -> torch.Tensor:
+    """The 64² images (16 a picture, no overlap) of ``count`` pictures of ``concept``."""
+    M = BM._engine("miniature")
+    return M.crops(pictures(concept, first, count), CROP, CROP)
+
+
+class Classifier:
+    """Nearest centroid in standardised TAESANA features (BM.StyleJudge.sana), fitted on decoded clean images."""
+
+    def __init__(self, judge: BM.StyleJudge, decoded: list[torch.Tensor]):
+        self.judge = judge
+        feats = [self.raw(d) for d in decoded]
+        allf = torch.cat(feats)
+        self.mean, self.std = allf.mean(0), allf.std(0).clamp_min(1e-6)
+        self.centroids = torch.stack([((f - self.mean) / self.std).mean(0) for f in feats])
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.judge.sana(x)
+        return torch.sign(f) * f.abs().sqrt()  # Gram entries spread over decades: a square root evens them
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        f = (self.raw(x) - self.mean) / self.std
+        return torch.cdist(f, self.centroids).argmin(1)
+
+
+def poisoned_images(E, NS, enc, x: torch.Tensor, anchors: torch.Tensor, settings, tag: str, objective="latent",
+                    predictor=None) -> dict:
+    """``x`` poisoned toward ``anchors`` with ``settings`` (NightshadePoison's engine path; ``objective`` latent,
+    or noise with the diffusion model ``predictor``),
+    cached in chunks of 16; returns ``{"images", "psnr" [N], "nearer" [N] (ends nearer its anchor's latent than its
+    own original's), "gain" [N]}``."""
+    os.makedirs(OUT, exist_ok=True)
+    out = {"images": [], "psnr": [], "nearer": [], "gain": []}
+    start = time.perf_counter()
+    for i in range(0, x.shape[0], 16):
+        xi = x[i:i + 16]
+        key = hashlib.sha1(xi.numpy().tobytes() + anchors.numpy().tobytes()
+                           + repr((settings, objective)).encode()).hexdigest()
+        path = os.path.join(OUT, f"{tag}-{key[:16]}.pt")
+        if os.path.isfile(path):
+            done = torch.load(path, weights_only=True)
+        else:
+            with torch.inference_mode(False), torch.enable_grad():
+                res = NS.poison_images(xi, enc, anchors, settings, objective, predictor, seed=i)
+            done = {"images": res.cloak.images, "psnr": torch.tensor([r["psnr"] for r in res.cloak.reports]),
+                    "nearer": torch.tensor([c["nearer_anchor"] for c in res.checks]),
+                    "gain": torch.tensor([c["latent_gain"] for c in res.checks])}
+            torch.save(done, path)
+        for k in out:
+            out[k].append(done[k])
+        print(f"  {tag}: {i + xi.shape[0]}/{x.shape[0]} images ({time.perf_counter() - start:.0f} s)", flush=True)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def reference_poison(E, NS, enc, x, anchors, goal: float, tag: str) -> tuple[dict, int]:
+    """The plain reference PGD's poison at the 8-bit L∞ level whose mean PSNR is nearest ``goal``."""
+    import glaze_eval as G
+    level = G.reference_level(goal)
+    best = poisoned_images(E, NS, enc, x, anchors, E.reference_settings(level / 255, 100), f"{tag}-{level}")
+    miss = float(best["psnr"].mean()) - goal
+    if abs(miss) > BM.MATCH_DB and level + (1 if miss > 0 else -1) >= 1:
+        other = level + (1 if miss > 0 else -1)
+        cand = poisoned_images(E, NS, enc, x, anchors, E.reference_settings(other / 255, 100), f"{tag}-{other}")
+        if abs(float(cand["psnr"].mean()) - goal) < abs(miss):
+            best, level = cand, other
+    return best, level
+
+
+def noise_like(x: torch.Tensor, psnr: torch.Tensor) -> torch.Tensor:
+    """Gaussian noise at each image's given PSNR (8-bit levels)."""
+    out = []
+    for i in range(x.shape[0]):
+        rmse = 10 ** (-float(psnr[i]) / 20)
+        n = torch.randn(x[i:i + 1].shape, generator=torch.Generator().manual_seed(i))
+        out.append(BM.quantise(x[i:i + 1] + n * rmse / float(n.pow(2).mean().sqrt())))
+    return torch.cat(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--counts", default="10,25,50", help="poison counts, percent of A's training images")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--preset", default="default", help="NightshadePoison intensity preset (low, default, high)")
+    ap.add_argument("--sets", default="clean,poisoned,dirty,reference,noise,noiseobj",
+                    help="noiseobj: poisoned with the noise objective against the clean model's own denoiser")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--quick", action="store_true", help="2 training pictures a concept, 16 samples (a smoke run)")
+    args = ap.parse_args()
+    E = common.load_host().engine
+    M = BM._engine("miniature")
+    NS = BM._engine("nightshade")
+    member = common.tae("taef2")
+    if member is None or member.decode is None:
+        raise SystemExit("TAEF2 encoder and decoder not found in ../shared/models/taef2: the bench needs them")
+    enc = E.as_ensemble(member)
+    judge = BM.StyleJudge(E)
+    if judge.features is None:
+        raise SystemExit("TAESANA's encoder not found in ../shared/models/taesana: the classifier needs it")
+    n_train, samples = (2, 16) if args.quick else (TRAIN_PICTURES, SAMPLES)
+    counts = [int(c) for c in args.counts.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    wanted = set(args.sets.split(","))
+    bf16 = M.bf16_is_fast("cpu")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 {bf16}; concepts {CONCEPTS} "
+          f"(A {CONCEPTS[A]}, related {CONCEPTS[RELATED]}, B {CONCEPTS[B]}); {n_train} pictures a concept -> "
+          f"{n_train * 16} images of {CROP}²; {args.steps} steps; preset {args.preset}", flush=True)
+
+    train_x = [images(c, 0, n_train) for c in CONCEPTS]
+    test_x = [images(c, n_train, TEST_PICTURES) for c in CONCEPTS]
+    spare_b = images(CONCEPTS[B], n_train + TEST_PICTURES, n_train)  # dirty-label images: B pictures never trained on
+    classify = Classifier(judge, [BM.decode(member, BM.encode(member, x)) for x in train_x])
+    acc = [float((classify(BM.decode(member, BM.encode(member, x))) == k).float().mean()) for k, x in enumerate(test_x)]
+    print("classifier accuracy on held-out decoded images: " + ", ".join(f"{c} {a:.2f}" for c, a in zip(CONCEPTS, acc))
+          + f" (mean {sum(acc) / len(acc):.2f})", flush=True)
+
+    config = M.MiniConfig(channels=32, classes=len(CONCEPTS), **CONFIG)
+    labels = torch.cat([torch.full((x.shape[0],), k, dtype=torch.long) for k, x in enumerate(train_x)])
+    n_a = train_x[A].shape[0]
+
+    def train_on(a_images, tag, seed, a_labels=None):
+        x = torch.cat([a_images] + train_x[1:])
+        z = BM.encode(member, x)
+        y = labels if a_labels is None else torch.cat([a_labels, labels[n_a:]])
+        settings = M.TrainSettings(steps=args.steps, seed=seed, bf16=bf16, **SETTINGS)
+        key = hashlib.sha1(z.numpy().tobytes() + y.numpy().tobytes() + repr((settings, config)).encode()).hexdigest()
+        path = os.path.join(OUT, f"{tag}-s{seed}-{key[:16]}.safetensors")
+        if os.path.isfile(path):
+            return M.load(path), 0.0
+        os.makedirs(OUT, exist_ok=True)
+        start = time.perf_counter()
+        model = M.train(z, y, config, settings)
+        M.save(model, path)
+        return model, time.perf_counter() - start
+
+    def draw(model, seed, concepts=range(len(CONCEPTS)), count=samples):
+        ys = torch.cat([torch.full((count,), k, dtype=torch.long) for k in concepts])
+        z = M.sample(model, ys.shape[0], (CROP // 8, CROP // 8), steps=DDIM, seed=1000 + seed, labels=ys, bf16=bf16,
+                     eta=1.0)
+        return BM.decode(member, z), ys
+
+    rows = []
+
+    def score(label, count, seed, model, sec):
+        pics, ys = draw(model, seed)
+        got = classify(pics)
+        share_b = [float((got[ys == k] == B).float().mean()) for k in range(len(CONCEPTS))]
+        own = [float((got[ys == k] == k).float().mean()) for k in range(len(CONCEPTS))]
+        coll = sum(share_b[k] for k in range(len(CONCEPTS)) if k not in (A, RELATED, B)) / (len(CONCEPTS) - 3)
+        rows.append((label, count, seed, share_b[A], share_b[RELATED], coll, own))
+        print(f"{label:10} {count:>5} {seed:>4} {share_b[A]:8.3f} {share_b[RELATED]:8.3f} {coll:10.3f}  "
+              + " ".join(f"{o:.2f}" for o in own) + f"  {sec:6.0f}", flush=True)
+
+    # the clean model first: it draws the anchors
+    clean_models = {}
+    for seed in seeds:
+        clean_models[seed] = train_on(train_x[A], "clean", seed)
+    anchors, _ = draw(clean_models[seeds[0]][0], 7, [B], ANCHORS)
+    settings = E.settings_for(args.preset, "default", "on", kind="nightshade")
+    k_max = max(round(n_a * c / 100) for c in counts)
+    victims = train_x[A][:k_max]
+    poisons = poisoned_images(E, NS, enc, victims, anchors, settings, f"poison-{args.preset}")
+    goal = float(poisons["psnr"].mean())
+    print(f"poison ({args.preset}) of {k_max} A images: PSNR {goal:.2f} dB, nearer their anchor than their original "
+          f"{int(poisons['nearer'].sum())}/{k_max}, latent gain {float(poisons['gain'].mean()):.3f}", flush=True)
+    ref = level = None
+    if "reference" in wanted:
+        ref, level = reference_poison(E, NS, enc, victims, anchors, goal, "reference")
+        print(f"reference PGD ({level}/255) of the same images: PSNR {float(ref['psnr'].mean()):.2f} dB, nearer "
+              f"{int(ref['nearer'].sum())}/{k_max}, latent gain {float(ref['gain'].mean()):.3f}", flush=True)
+    noisy = noise_like(victims, poisons["psnr"])
+    noiseobj = None
+    if "noiseobj" in wanted:
+        # Nightshade's second formulation against the clean model (seed 0) that drew the anchors, caption A
+        predict, sigmas = M.noise_predictor(clean_models[seeds[0]][0], A, bf16)
+        predictor = NS.NoisePredictor(predict, sigmas, latent_channels=32, name="the clean miniature model")
+        noiseobj = poisoned_images(E, NS, enc, victims, anchors, settings, f"noiseobj-{args.preset}", "noise",
+                                   predictor)
+        print(f"poison ({args.preset}, noise objective): PSNR {float(noiseobj['psnr'].mean()):.2f} dB, nearer "
+              f"{int(noiseobj['nearer'].sum())}/{k_max}, latent gain {float(noiseobj['gain'].mean()):.3f}",
+              flush=True)
+
+    print(f"\n{'set':10} {'count':>5} {'seed':>4} {'A->B':>8} {'bleed':>8} {'collateral':>10}  own share per concept "
+          f"({', '.join(CONCEPTS)})  train s", flush=True)
+    for seed in seeds:
+        score("clean", 0, seed, *clean_models[seed])
+    for c in counts:
+        k = round(n_a * c / 100)
+        for seed in seeds:
+            if "poisoned" in wanted:
+                score("poisoned", c, seed, *train_on(torch.cat([poisons["images"][:k], train_x[A][k:]]),
+                                                     f"poisoned{c}-{args.preset}", seed))
+            if noiseobj is not None:
+                score("noiseobj", c, seed, *train_on(torch.cat([noiseobj["images"][:k], train_x[A][k:]]),
+                                                     f"noiseobj{c}-{args.preset}", seed))
+            if "dirty" in wanted:
+                score("dirty", c, seed, *train_on(torch.cat([spare_b[:k], train_x[A][k:]]), f"dirty{c}", seed))
+        for seed in seeds[:1]:
+            if ref is not None:
+                score("reference", c, seed, *train_on(torch.cat([ref["images"][:k], train_x[A][k:]]),
+                                                      f"reference{c}-{level}", seed))
+            if "noise" in wanted:
+                score("noise", c, seed, *train_on(torch.cat([noisy[:k], train_x[A][k:]]), f"noise{c}", seed))
+    print_summary(rows, seeds)
+
+
+def print_summary(rows, seeds):
+    """Per set and count: the mean A->B rate over its seeds and its spread (largest minus smallest)."""
+    print("\n== summary: A->B rate, mean over seeds (spread = max - min); bleed and collateral the same way ==")
+    groups = {}
+    for label, count, seed, ab, bleed, coll, _ in rows:
+        groups.setdefault((label, count), []).append((ab, bleed, coll))
+    for (label, count), vals in groups.items():
+        cols = list(zip(*vals))
+        text = ", ".join(f"{name} {sum(v) / len(v):.3f} (spread {max(v) - min(v):.3f})"
+                         for name, v in zip(("A->B", "bleed", "collateral"), cols))
+        print(f"{label:10} {count:>3}%  n={len(vals)}  {text}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
