@@ -24,6 +24,9 @@ its own training set's, in units of the artist-to-target distance; a model passe
     .host/venv/bin/python bench/bench_mimicry.py                                  # all four artists
     .host/venv/bin/python bench/bench_mimicry.py --artists lineart --seeds 0,1,2
     .host/venv/bin/python bench/bench_mimicry.py --quick --artists flat --steps 50  # a smoke run, no figure
+    .host/venv/bin/python bench/bench_mimicry.py --artists flat,painting --sources 8 --seeds 0 \
+        --sets clean,cloaked,reference                                            # the comparison only
+    .host/venv/bin/python bench/bench_mimicry.py --artists flat --sources 8 --seeds 0 --guidance 1.5  # resample
 
 Cloaked sets and trained models are cached in bench/out/mimicry/ (keyed by the data, the seed and the settings).
 """
