@@ -5,8 +5,8 @@ Concepts (captions are concept ids): five sets of 64² images cut from 256² pic
 A, for bleed-through), ``lineart`` (B: ink strokes), ``painting`` (brush strokes of photo tiles) and ``photo``
 (scikit-image's photo tiles); 8 pictures a concept for training, 2 others held out for the classifier.
 
-A class-conditional miniature model (engine/miniature.py, TAEF2 latents [32, 8, 8], width 64, v-prediction,
-EMA; ``CONFIG``/``SETTINGS`` below) is trained with the same seed and data order on each set: **clean**;
+A class-conditional miniature model (engine/miniature.py, TAEF2 latents [32, 8, 8], v-prediction,
+EMA; ``MODELS`` below, ``--model``) is trained with the same seed and data order on each set: **clean**;
 **poisoned**: the first k of A's images poisoned toward B by NightshadePoison's engine path (intensity preset,
 robustness on, TAEF2, latent objective), its anchors being B images the *clean* model draws itself, as Nightshade
 does (each image paired with the nearest anchor by latent); **dirty-label**: the same k of A's images replaced by
@@ -47,8 +47,10 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "poison")
 CONCEPTS = ("flat", "scene", "lineart", "painting", "photo")
 A, RELATED, B = 0, 1, 2
 TRAIN_PICTURES, TEST_PICTURES, SIDE, CROP = 8, 2, 256, 64
-CONFIG = dict(width=64, attention=False, noise_shift=1.0)
-SETTINGS = dict(batch=32, lr=1e-3, weak_width=0)
+MODELS = {  # --model: the network, its training and its sampling guidance
+    "small": (dict(width=64, attention=False, noise_shift=1.0), dict(batch=32, lr=1e-3, weak_width=0), 0.0),
+    "mimic": None,  # the mimicry bench's mimic (engine.miniature.MIMIC_*), filled in at run time
+}
 SAMPLES, DDIM, ANCHORS = 64, 40, 16
 
 
@@ -158,6 +160,9 @@ def main():
     ap.add_argument("--sets", default="clean,poisoned,dirty,reference,noise,noiseobj",
                     help="noiseobj: poisoned with the noise objective against the clean model's own denoiser")
     ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--model", default="small", choices=sorted(MODELS),
+                    help="small: width 64, no attention, no guidance (~1.5 min a model); mimic: the mimicry bench's "
+                         "width-96 model with attention and autoguidance from a width-64 twin (~5 min)")
     ap.add_argument("--quick", action="store_true", help="2 training pictures a concept, 16 samples (a smoke run)")
     args = ap.parse_args()
     E = common.load_host().engine
@@ -187,7 +192,8 @@ def main():
     print("classifier accuracy on held-out decoded images: " + ", ".join(f"{c} {a:.2f}" for c, a in zip(CONCEPTS, acc))
           + f" (mean {sum(acc) / len(acc):.2f})", flush=True)
 
-    config = M.MiniConfig(channels=32, classes=len(CONCEPTS), **CONFIG)
+    net, train_settings, guidance = MODELS[args.model] or (M.MIMIC_CONFIG, M.MIMIC_SETTINGS, M.MIMIC_GUIDANCE)
+    config = M.MiniConfig(channels=32, classes=len(CONCEPTS), **net)
     labels = torch.cat([torch.full((x.shape[0],), k, dtype=torch.long) for k, x in enumerate(train_x)])
     n_a = train_x[A].shape[0]
 
@@ -195,7 +201,7 @@ def main():
         x = torch.cat([a_images] + train_x[1:])
         z = BM.encode(member, x)
         y = labels if a_labels is None else torch.cat([a_labels, labels[n_a:]])
-        settings = M.TrainSettings(steps=args.steps, seed=seed, bf16=bf16, **SETTINGS)
+        settings = M.TrainSettings(steps=args.steps, seed=seed, bf16=bf16, **train_settings)
         key = hashlib.sha1(z.numpy().tobytes() + y.numpy().tobytes() + repr((settings, config)).encode()).hexdigest()
         path = os.path.join(OUT, f"{tag}-s{seed}-{key[:16]}.safetensors")
         if os.path.isfile(path):
@@ -209,7 +215,7 @@ def main():
     def draw(model, seed, concepts=range(len(CONCEPTS)), count=samples):
         ys = torch.cat([torch.full((count,), k, dtype=torch.long) for k in concepts])
         z = M.sample(model, ys.shape[0], (CROP // 8, CROP // 8), steps=DDIM, seed=1000 + seed, labels=ys, bf16=bf16,
-                     eta=1.0)
+                     eta=1.0, guidance=guidance)
         return BM.decode(member, z), ys
 
     rows = []
