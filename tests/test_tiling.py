@@ -230,7 +230,7 @@ def test_the_decoded_objective_decodes_its_fixed_target_once_and_a_warped_one_af
     assert counts == [2 * len(tiles), len(tiles)] and value == pytest.approx(values[0], rel=1e-5)
     flip = lambda t: t.flip(-1)  # a stand-in geometric warp
     calls.clear()
-    warped = [float(obj.loss(y, flip)) for _ in range(2)]
+    warped = [float(obj.loss(y, flip).detach()) for _ in range(2)]
     assert len(calls) == 4 and warped[0] == warped[1] != pytest.approx(values[0], rel=1e-3)
 
 
