@@ -227,8 +227,10 @@ def main():
         own = [float((got[ys == k] == k).float().mean()) for k in range(len(CONCEPTS))]
         coll = sum(share_b[k] for k in range(len(CONCEPTS)) if k not in (A, RELATED, B)) / (len(CONCEPTS) - 3)
         rows.append((label, count, seed, share_b[A], share_b[RELATED], coll, own))
+        where_a = [float((got[ys == A] == k).float().mean()) for k in range(len(CONCEPTS))]  # where A's samples go
         print(f"{label:10} {count:>5} {seed:>4} {share_b[A]:8.3f} {share_b[RELATED]:8.3f} {coll:10.3f}  "
-              + " ".join(f"{o:.2f}" for o in own) + f"  {sec:6.0f}", flush=True)
+              + " ".join(f"{o:.2f}" for o in own) + "  " + " ".join(f"{o:.2f}" for o in where_a) + f"  {sec:6.0f}",
+              flush=True)
 
     # the clean model first: it draws the anchors
     clean_models = {}
@@ -260,7 +262,7 @@ def main():
               flush=True)
 
     print(f"\n{'set':10} {'count':>5} {'seed':>4} {'A->B':>8} {'bleed':>8} {'collateral':>10}  own share per concept "
-          f"({', '.join(CONCEPTS)})  train s", flush=True)
+          f"({', '.join(CONCEPTS)})  A's samples classified as each  train s", flush=True)
     for seed in seeds:
         score("clean", 0, seed, *clean_models[seed])
     for c in counts:
