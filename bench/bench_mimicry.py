@@ -124,6 +124,14 @@ def _engine(name: str):
     return import_module(f"ComfyUI-Cloak.engine.{name}")
 
 
+def taef2_with_decoder(who: str = "the bench"):
+    """TAEF2's encoder with its decoder, from ../shared/models/taef2, or exit saying why."""
+    member = common.tae("taef2")
+    if member is None or member.decode is None:
+        raise SystemExit(f"TAEF2 encoder and decoder not found in ../shared/models/taef2: {who} needs them")
+    return member
+
+
 def encode(member, x: torch.Tensor) -> torch.Tensor:
     return _engine("miniature").in_chunks(member, x)
 
@@ -132,15 +140,18 @@ def decode(member, z: torch.Tensor) -> torch.Tensor:
     return _engine("miniature").in_chunks(member.decode, z).clamp(0, 1)
 
 
-def trained(M, latents: torch.Tensor, settings, config, tag: str):
-    """A model trained on ``latents``, from the cache when the same data, seed and settings were trained before."""
-    key = hashlib.sha1(latents.numpy().tobytes() + repr((settings, config)).encode()).hexdigest()[:16]
-    path = os.path.join(OUT, f"{tag}-{key}.safetensors")
+def trained(M, latents: torch.Tensor, settings, config, tag: str, labels: torch.Tensor | None = None,
+            out: str = OUT):
+    """A model trained on ``latents`` (and ``labels``, for a class-conditional one), from the cache in ``out`` when
+    the same data, seed and settings were trained before."""
+    data = latents.numpy().tobytes() + (b"" if labels is None else labels.numpy().tobytes())
+    key = hashlib.sha1(data + repr((settings, config)).encode()).hexdigest()[:16]
+    path = os.path.join(out, f"{tag}-{key}.safetensors")
     if os.path.isfile(path):
         return M.load(path), 0.0
-    os.makedirs(OUT, exist_ok=True)
+    os.makedirs(out, exist_ok=True)
     start = time.perf_counter()
-    model = M.train(latents, None, config, settings)
+    model = M.train(latents, labels, config, settings)
     M.save(model, path)
     return model, time.perf_counter() - start
 
@@ -158,21 +169,39 @@ def quantise(x: torch.Tensor) -> torch.Tensor:
 MATCH_DB = 0.3
 
 
-def matched_reference(E, enc, xi, ti, goal: float):
-    """The plain reference PGD at the whole 8-bit L∞ level whose PSNR is nearest ``goal`` (the cloak's own): the
-    level glaze_eval.reference_level estimates and, when that one misses by more than MATCH_DB, its neighbour on
-    the side of the goal. Returns (image, report, level)."""
+def nearest_level(goal: float, run):
+    """The whole 8-bit L∞ level whose PSNR is nearest ``goal``: the level glaze_eval.reference_level estimates
+    and, when that one misses by more than MATCH_DB, its neighbour on the side of the goal. ``run(level)`` returns
+    ``(result, psnr)``; returns ``(result, level)`` of the nearer."""
     import glaze_eval as G
     level = G.reference_level(goal)
-    best = G.cloak(E, enc, xi, ti, E.reference_settings(level / 255, 100)) + (level,)
-    miss = best[1]["psnr"] - goal
-    if abs(miss) > MATCH_DB:
-        other = level + (1 if miss > 0 else -1)
-        if other >= 1:
-            cand = G.cloak(E, enc, xi, ti, E.reference_settings(other / 255, 100)) + (other,)
-            if abs(cand[1]["psnr"] - goal) < abs(miss):
-                best = cand
-    return best
+    best, psnr = run(level)
+    miss = psnr - goal
+    other = level + (1 if miss > 0 else -1)
+    if abs(miss) > MATCH_DB and other >= 1:
+        cand, cand_psnr = run(other)
+        if abs(cand_psnr - goal) < abs(miss):
+            return cand, other
+    return best, level
+
+
+def matched_reference(E, enc, xi, ti, goal: float):
+    """The plain reference PGD at the whole 8-bit L∞ level whose PSNR is nearest ``goal`` (the cloak's own;
+    :func:`nearest_level`). Returns (image, report, level)."""
+    import glaze_eval as G
+
+    def run(level):
+        out = G.cloak(E, enc, xi, ti, E.reference_settings(level / 255, 100))
+        return out, out[1]["psnr"]
+
+    (image, report), level = nearest_level(goal, run)
+    return image, report, level
+
+
+def gaussian_at(x: torch.Tensor, rmse: float, seed: int) -> torch.Tensor:
+    """``x`` plus seeded Gaussian noise scaled to exactly ``rmse``, back on 8-bit levels (the equal-change control)."""
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
+    return quantise(x + noise * rmse / float(noise.pow(2).mean().sqrt()))
 
 
 def cloaked_sets(E, enc, x, t, cache: str) -> dict:
@@ -204,8 +233,7 @@ def cloaked_sets(E, enc, x, t, cache: str) -> dict:
             ours, rep = G.cloak(E, enc, xi, ti, settings)
             ref, ref_rep, level = matched_reference(E, enc, xi, ti, float(E.psnr(ours, xi)[0]))
             rmse = float((ours - xi).pow(2).mean().sqrt())
-            noise = torch.randn(xi.shape, generator=torch.Generator().manual_seed(i))
-            noisy = quantise(xi + noise * rmse / float(noise.pow(2).mean().sqrt()))
+            noisy = gaussian_at(xi, rmse, i)
             done = {"cloaked": ours, "reference": ref, "noise": noisy, "level": level, "nearest": True,
                     "gain": (rep["target_gain"], ref_rep["target_gain"])}
             torch.save(done, path)
@@ -258,9 +286,7 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
     """Train on the clean, cloaked, reference, noise and target sets, and on the scraped cloaked sets (same seed,
     same data order); print where each model's samples lie between the artist and the target, its fit to its own
     training set, and the perfect-mimic share (D(E(x')) of the set itself, no training)."""
-    member = common.tae("taef2")
-    if member is None or member.decode is None:
-        raise SystemExit("TAEF2 encoder and decoder not found in ../shared/models/taef2: the bench needs them")
+    member = taef2_with_decoder()
     enc = E.as_ensemble(member)
     judge = StyleJudge(E)
     config = M.MiniConfig(channels=32, **M.MIMIC_CONFIG)

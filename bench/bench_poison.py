@@ -99,7 +99,7 @@ class Classifier:
         return torch.cdist(f, self.centroids).argmin(1)
 
 
-def poisoned_images(E, NS, enc, x: torch.Tensor, anchors: torch.Tensor, settings, tag: str, objective="latent",
+def poisoned_images(NS, enc, x: torch.Tensor, anchors: torch.Tensor, settings, tag: str, objective="latent",
                     predictor=None) -> dict:
     """``x`` poisoned toward ``anchors`` with ``settings`` (NightshadePoison's engine path; ``objective`` latent,
     or noise with the diffusion model ``predictor``),
@@ -129,27 +129,18 @@ def poisoned_images(E, NS, enc, x: torch.Tensor, anchors: torch.Tensor, settings
 
 
 def reference_poison(E, NS, enc, x, anchors, goal: float, tag: str) -> tuple[dict, int]:
-    """The plain reference PGD's poison at the 8-bit L∞ level whose mean PSNR is nearest ``goal``."""
-    import glaze_eval as G
-    level = G.reference_level(goal)
-    best = poisoned_images(E, NS, enc, x, anchors, E.reference_settings(level / 255, 100), f"{tag}-{level}")
-    miss = float(best["psnr"].mean()) - goal
-    if abs(miss) > BM.MATCH_DB and level + (1 if miss > 0 else -1) >= 1:
-        other = level + (1 if miss > 0 else -1)
-        cand = poisoned_images(E, NS, enc, x, anchors, E.reference_settings(other / 255, 100), f"{tag}-{other}")
-        if abs(float(cand["psnr"].mean()) - goal) < abs(miss):
-            best, level = cand, other
-    return best, level
+    """The plain reference PGD's poison at the 8-bit L∞ level whose mean PSNR is nearest ``goal``
+    (bench_mimicry.nearest_level)."""
+    def run(level):
+        out = poisoned_images(NS, enc, x, anchors, E.reference_settings(level / 255, 100), f"{tag}-{level}")
+        return out, float(out["psnr"].mean())
+
+    return BM.nearest_level(goal, run)
 
 
 def noise_like(x: torch.Tensor, psnr: torch.Tensor) -> torch.Tensor:
     """Gaussian noise at each image's given PSNR (8-bit levels)."""
-    out = []
-    for i in range(x.shape[0]):
-        rmse = 10 ** (-float(psnr[i]) / 20)
-        n = torch.randn(x[i:i + 1].shape, generator=torch.Generator().manual_seed(i))
-        out.append(BM.quantise(x[i:i + 1] + n * rmse / float(n.pow(2).mean().sqrt())))
-    return torch.cat(out)
+    return torch.cat([BM.gaussian_at(x[i:i + 1], 10 ** (-float(psnr[i]) / 20), i) for i in range(x.shape[0])])
 
 
 def main():
@@ -168,9 +159,7 @@ def main():
     E = common.load_host().engine
     M = BM._engine("miniature")
     NS = BM._engine("nightshade")
-    member = common.tae("taef2")
-    if member is None or member.decode is None:
-        raise SystemExit("TAEF2 encoder and decoder not found in ../shared/models/taef2: the bench needs them")
+    member = BM.taef2_with_decoder()
     enc = E.as_ensemble(member)
     judge = BM.StyleJudge(E)
     if judge.features is None:
@@ -197,20 +186,10 @@ def main():
     labels = torch.cat([torch.full((x.shape[0],), k, dtype=torch.long) for k, x in enumerate(train_x)])
     n_a = train_x[A].shape[0]
 
-    def train_on(a_images, tag, seed, a_labels=None):
-        x = torch.cat([a_images] + train_x[1:])
-        z = BM.encode(member, x)
-        y = labels if a_labels is None else torch.cat([a_labels, labels[n_a:]])
+    def train_on(a_images, tag, seed):
+        z = BM.encode(member, torch.cat([a_images] + train_x[1:]))
         settings = M.TrainSettings(steps=args.steps, seed=seed, bf16=bf16, **train_settings)
-        key = hashlib.sha1(z.numpy().tobytes() + y.numpy().tobytes() + repr((settings, config)).encode()).hexdigest()
-        path = os.path.join(OUT, f"{tag}-s{seed}-{key[:16]}.safetensors")
-        if os.path.isfile(path):
-            return M.load(path), 0.0
-        os.makedirs(OUT, exist_ok=True)
-        start = time.perf_counter()
-        model = M.train(z, y, config, settings)
-        M.save(model, path)
-        return model, time.perf_counter() - start
+        return BM.trained(M, z, settings, config, f"{tag}-s{seed}", labels, OUT)
 
     def draw(model, seed, concepts=range(len(CONCEPTS)), count=samples):
         ys = torch.cat([torch.full((count,), k, dtype=torch.long) for k in concepts])
@@ -240,7 +219,7 @@ def main():
     settings = E.settings_for(args.preset, "default", "on", kind="nightshade")
     k_max = max(round(n_a * c / 100) for c in counts)
     victims = train_x[A][:k_max]
-    poisons = poisoned_images(E, NS, enc, victims, anchors, settings, f"poison-{args.preset}")
+    poisons = poisoned_images(NS, enc, victims, anchors, settings, f"poison-{args.preset}")
     goal = float(poisons["psnr"].mean())
     print(f"poison ({args.preset}) of {k_max} A images: PSNR {goal:.2f} dB, nearer their anchor than their original "
           f"{int(poisons['nearer'].sum())}/{k_max}, latent gain {float(poisons['gain'].mean()):.3f}", flush=True)
@@ -255,7 +234,7 @@ def main():
         # Nightshade's second formulation against the clean model (seed 0) that drew the anchors, caption A
         predict, sigmas = M.noise_predictor(clean_models[seeds[0]][0], A, bf16)
         predictor = NS.NoisePredictor(predict, sigmas, latent_channels=32, name="the clean miniature model")
-        noiseobj = poisoned_images(E, NS, enc, victims, anchors, settings, f"noiseobj-{args.preset}", "noise",
+        noiseobj = poisoned_images(NS, enc, victims, anchors, settings, f"noiseobj-{args.preset}", "noise",
                                    predictor)
         print(f"poison ({args.preset}, noise objective): PSNR {float(noiseobj['psnr'].mean()):.2f} dB, nearer "
               f"{int(noiseobj['nearer'].sum())}/{k_max}, latent gain {float(noiseobj['gain'].mean()):.3f}",

@@ -77,9 +77,7 @@ def main():
     E = common.load_host().engine
     M = BM._engine("miniature")
     A = BM._engine("attacks")
-    member = common.tae("taef2")
-    if member is None or member.decode is None:
-        raise SystemExit("TAEF2 encoder and decoder not found in ../shared/models/taef2: the screen needs them")
+    member = BM.taef2_with_decoder("the screen")
     enc = E.as_ensemble(member)
     judge = BM.StyleJudge(E)
     table = variants(E)
