@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import bench_mimicry as BM  # noqa: E402
 import glaze_eval as G  # noqa: E402
+import bench_fast  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "screen_mimic")
 
@@ -82,9 +83,11 @@ def main():
     judge = BM.StyleJudge(E)
     table = variants(E)
     names = args.variants.split(",")
-    for n in names:
+    for n in list(names):
+        if ":" in n:  # name:key=value:...: the default with those settings changed (bench/bench_fast.py's spelling)
+            table[n] = dataclasses.replace(table["default"], **bench_fast.changes(table["default"], n))
         if n not in table:
-            raise SystemExit(f"unknown variant {n!r}; choose from {list(table)}")
+            raise SystemExit(f"unknown variant {n!r}; choose from {list(table)} or write name:key=value")
     crop = M.MIMIC_CROP
 
     def perfect(pics):
@@ -103,7 +106,7 @@ def main():
             for i in range(args.pictures):
                 xi, ti = x[i:i + 1], t[i:i + 1]
                 key = hashlib.sha1(xi.numpy().tobytes() + ti.numpy().tobytes()).hexdigest()[:12]
-                path = os.path.join(OUT, artist, f"{name}-{key}.pt")
+                path = os.path.join(OUT, artist, f"{name.replace(':', '_').replace('=', '')}-{key}.pt")
                 if os.path.isfile(path):
                     img = torch.load(path, weights_only=True)
                 else:

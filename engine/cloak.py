@@ -54,6 +54,9 @@ class CloakSettings:
     # share of the loss that pulls the *decoded* latent toward the decoded target, for encoders that carry their
     # decoder (engine.objectives.DecodedLatentMatch; 0 = the latent distance alone): see KINDS
     decoded_weight: float = 0.0
+    # the decoder runs on one pass in this many (per place); the passes between reuse its gradient with respect to
+    # the latent (engine.objectives.DecodedLatentMatch ``every``): 1 = every pass
+    decoded_every: int = 1
 
     def schedule(self) -> Schedule:
         return Schedule(self.steps, self.step_rule, self.lr, self.lr_final, self.patience)

@@ -152,7 +152,7 @@ class CloakJob:
         objective = make_objective(i, padded)
         if s.decoded_weight > 0 and type(objective) is LatentMatch \
                 and any(m.decode is not None for m in objective.encoder.members):
-            objective = DecodedLatentMatch(objective.encoder, objective.targets, s.decoded_weight)
+            objective = DecodedLatentMatch(objective.encoder, objective.targets, s.decoded_weight, s.decoded_every)
         if tiles and not objective.tileable:
             logging.info("cloak: %s cannot be tiled; image %d runs whole", type(objective).__name__, i)
             tiles = []

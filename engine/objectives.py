@@ -288,13 +288,21 @@ class DecodedLatentMatch(LatentMatch):
     its crop of the target's, and scores the core.
     """
 
-    def __init__(self, encoder: EncoderEnsemble, targets: Sequence[torch.Tensor], weight: float = 0.5):
+    def __init__(self, encoder: EncoderEnsemble, targets: Sequence[torch.Tensor], weight: float = 0.5,
+                 every: int = 1):
         super().__init__(encoder, targets)
         if not 0 <= weight <= 1:
             raise ValueError(f"decoded weight must lie in [0, 1], got {weight}")
+        if int(every) < 1:
+            raise ValueError(f"the decoded term's refresh interval must be at least 1 pass, got {every}")
         self.weight = float(weight)
+        # ``every`` > 1: the decoder runs on one unwarped pass in ``every`` per place; the passes between reuse that
+        # pass's gradient of the decoded term with respect to the latent (a first-order model of it), so a step
+        # costs an encoder pass alone there. Warped draws always decode.
+        self.every = int(every)
         self._decoded_start: torch.Tensor | None = None  # [B, M]: |D(z0) - D(t)| (1 where a member has no decoder)
         self._decoded_targets: dict = {}  # D(t) of unwarped targets (whole image or one tile's crop), kept per pass kind
+        self._linear: dict = {}  # place key -> (passes since refresh, squared decoded distance, its gradient in z)
 
     def decoded_target(self, k: int, decode, t: torch.Tensor, z: torch.Tensor, where=None) -> torch.Tensor:
         """``decode(t)`` without gradients, computed once per member, place (``where``: the whole image or one
@@ -310,9 +318,33 @@ class DecodedLatentMatch(LatentMatch):
                 got = self._decoded_targets[key] = decode(t)
         return got
 
+    def decoded_sq(self, k: int, decode, z: torch.Tensor, t: torch.Tensor, where=None,
+                   reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """``reduce(|D(z) - D(t)|²)`` per image (``reduce`` of the decoded squared difference ``[B, 3, H·f, W·f]``
+        to ``[B]``; default: its sum), exact or, between refreshes (``every`` > 1, unwarped places only), as the
+        last exact pass's value plus its gradient times the change in ``z`` since then."""
+        reduce = reduce or (lambda d: d.flatten(1).sum(1))
+        key = None if where is None or self.every == 1 else \
+            (k, where, tuple(z.shape), z.dtype, str(z.device), torch.is_autocast_enabled(z.device.type))
+        got = self._linear.get(key) if key is not None else None
+        if got is not None and got[0] < self.every:
+            self._linear[key] = (got[0] + 1, *got[1:])
+            _, value, grad, z_then = got
+            return value + (grad * (z - z_then)).flatten(1).sum(1)
+        dt = self.decoded_target(k, decode, t, z, where)
+        if key is None:
+            return reduce((decode(z) - dt).float().pow(2))
+        z0 = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            sq = reduce((decode(z0) - dt).float().pow(2))
+            (grad,) = torch.autograd.grad(sq.sum(), z0)
+        value, grad, z0 = sq.detach(), grad.detach(), z0.detach()
+        self._linear[key] = (1, value, grad, z0)
+        return value + (grad * (z - z0)).flatten(1).sum(1)
+
     def calibrate(self, pixels: torch.Tensor, encoder: EncoderEnsemble | None = None) -> None:
         super().calibrate(pixels, encoder)
-        self._decoded_targets = {}
+        self._decoded_targets, self._linear = {}, {}
         cols = []
         with torch.no_grad():
             for k, m in enumerate((encoder or self.encoder).members):
@@ -337,8 +369,7 @@ class DecodedLatentMatch(LatentMatch):
             if dec_fn is None or self.weight == 0:
                 cols.append(lat)
                 continue
-            dt = self.decoded_target(k, dec_fn, self.target_for(k, z, warp), z, None if warp else "whole")
-            dec = (dec_fn(z) - dt).flatten(1).norm(dim=1)
+            dec = self.decoded_sq(k, dec_fn, z, self.target_for(k, z, warp), None if warp else "whole").clamp_min(0).sqrt()
             scale = (self.start[:, k] / self._decoded_start[:, k]).to(z.device)
             cols.append(((1 - self.weight) * lat ** 2 + self.weight * (dec * scale) ** 2).add(1e-12).sqrt())
         return torch.stack(cols, 1)
@@ -347,9 +378,11 @@ class DecodedLatentMatch(LatentMatch):
         term = super().tile_term(k, member, z, t, core, where)
         if member.decode is None or self.weight == 0:
             return term
-        d = member.decode(z) - self.decoded_target(k, member.decode, t, z, where)
-        f = d.shape[-2] // z.shape[-2]
-        dsq = d[..., core[0].start * f:core[0].stop * f, core[1].start * f:core[1].stop * f].pow(2).flatten(1).sum(1)
+        def core_sum(d):
+            f = d.shape[-2] // z.shape[-2]
+            return d[..., core[0].start * f:core[0].stop * f, core[1].start * f:core[1].stop * f].flatten(1).sum(1)
+
+        dsq = self.decoded_sq(k, member.decode, z, t, where, core_sum)
         return (1 - self.weight) * term + self.weight * dsq / self._decoded_start[:, k].to(z.device) ** 2
 
 

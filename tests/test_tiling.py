@@ -234,6 +234,53 @@ def test_the_decoded_objective_decodes_its_fixed_target_once_and_a_warped_one_af
     assert len(calls) == 4 and warped[0] == warped[1] != pytest.approx(values[0], rel=1e-3)
 
 
+def test_a_decoded_term_refreshed_every_third_pass_is_exact_then_and_first_order_between():
+    """``every`` 3: the decoder runs on passes 1 and 4 at each place (whole image, each tile), which give the exact
+    loss and gradient; passes 2 and 3 decode nothing and give the refresh's value plus its gradient times the
+    latent's change: exact where the picture has not moved, near it for a small move. Warped draws always decode."""
+    import dataclasses as dc
+    enc = local_encoder()
+    dec = local_decoder()
+    calls = []
+    member = dc.replace(enc.members[0], decode=lambda z: (calls.append(1), dec(z))[1])
+    enc = E.EncoderEnsemble([member])
+    x = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(0))
+    other = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(5)).pow(3)
+    exact = E.DecodedLatentMatch(enc, [member(other)], 0.5)
+    lazy = E.DecodedLatentMatch(enc, [member(other)], 0.5, every=3)
+    exact.calibrate(x), lazy.calibrate(x)
+    y = 0.6 * x + 0.4 * other
+    step = 0.002 * torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+
+    def value_and_grad(obj, pixels):
+        pixels = pixels.clone().requires_grad_(True)
+        loss = obj.loss(pixels).sum()
+        return float(loss.detach()), torch.autograd.grad(loss, pixels)[0]
+
+    counts, got = [], []
+    for p in (y, y, y + step, y):
+        calls.clear()
+        got.append(value_and_grad(lazy, p))
+        counts.append(len(calls))
+    assert counts == [2, 0, 0, 1]  # first pass: D(t) and D(z); then reuse; the fourth refreshes (D(t) is kept)
+    want_y, want_step = value_and_grad(exact, y), value_and_grad(exact, y + step)
+    for v, g in (got[0], got[1], got[3]):
+        assert v == pytest.approx(want_y[0], rel=1e-5) and torch.allclose(g, want_y[1], rtol=1e-4, atol=1e-7)
+    cos = torch.nn.functional.cosine_similarity(got[2][1].flatten(), want_step[1].flatten(), 0)
+    assert got[2][0] == pytest.approx(want_step[0], rel=2e-2) and got[2][0] != want_y[0] and cos > 0.9
+    tiles = tiling.plan_tiles(128, 160, 48, 32, 8)
+    counts = []
+    for _ in range(3):
+        calls.clear()
+        grad, value = tiling.TiledGradient(lazy, tiles)(y.detach(), None, torch.Generator(), 1, 0.0)
+        counts.append(len(calls))
+        assert value == pytest.approx(want_y[0], rel=1e-4)
+    assert counts == [2 * len(tiles), 0, 0]
+    calls.clear()
+    lazy.loss(y, lambda t: t.flip(-1))
+    assert len(calls) == 2
+
+
 def test_decoding_in_tiles_equals_the_whole_decode_where_the_margin_covers_the_decoder():
     O = importlib.import_module(E.__name__ + ".objectives")
     dec = local_decoder()
