@@ -88,6 +88,12 @@ def main():
     enc = E.as_ensemble(member)
     roundtrip = lambda p: member.decode(member(p))  # noqa: E731
     specs = args.variants.split(",")
+    if any("warm_start" in spec for spec in specs):
+        from importlib import import_module
+        W = import_module(E.__name__ + ".warmstart")
+        member.warm_start = W.for_encoder(member.name, os.path.join(common.ROOT, "models", "warmstart"))
+        if member.warm_start is None:
+            raise SystemExit(f"no warm start for {member.name} in models/warmstart: run scripts/train_warmstart.py")
     print(f"torch threads {torch.get_num_threads()}, bf16 fast: {E.precision.cpu_has_fast_bf16()}", flush=True)
     for size in (int(v) for v in args.sizes.split(",")):
         x_all, t_all, kinds = devset.devset(size)

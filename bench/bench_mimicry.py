@@ -204,17 +204,21 @@ def gaussian_at(x: torch.Tensor, rmse: float, seed: int) -> torch.Tensor:
     return quantise(x + noise * rmse / float(noise.pow(2).mean().sqrt()))
 
 
-def cloaked_sets(E, enc, x, t, cache: str) -> dict:
+def cloaked_sets(E, enc, x, t, cache: str, faster: bool = False) -> dict:
     """The artist's sources cloaked three ways, cached per picture (``cache`` is a folder; an interrupted run keeps
     what it finished): GlazePerturb's engine path at default (robustness on), the plain reference PGD at the
     8-bit L∞ level whose PSNR is nearest each cloak's own (no EOT; :func:`matched_reference`), and Gaussian noise
-    at each cloak's own PSNR; plus the mean PSNR of each."""
+    at each cloak's own PSNR; plus the mean PSNR of each. ``faster``: also GlazePerturb at render quality faster
+    (set "faster", kept in the same cache file under its own settings)."""
     import glaze_eval as G
     os.makedirs(cache, exist_ok=True)
     sets = {"cloaked": [], "reference": [], "noise": []}
+    if faster:
+        sets["faster"] = []
     psnr = {k: [] for k in sets}
     start = time.perf_counter()
     settings = E.settings_for("default", "default", "on")
+    fast_settings = E.settings_for("default", "faster", "on")
     for i in range(x.shape[0]):
         xi, ti = x[i:i + 1], t[i:i + 1]
         # keyed by the picture, its target and the default's settings: a changed default cloaks afresh
@@ -236,6 +240,10 @@ def cloaked_sets(E, enc, x, t, cache: str) -> dict:
             noisy = gaussian_at(xi, rmse, i)
             done = {"cloaked": ours, "reference": ref, "noise": noisy, "level": level, "nearest": True,
                     "gain": (rep["target_gain"], ref_rep["target_gain"])}
+            torch.save(done, path)
+        if faster and done.get("faster_settings") != repr(fast_settings):
+            done["faster"] = G.cloak(E, enc, xi, ti, fast_settings)[0]
+            done["faster_settings"] = repr(fast_settings)
             torch.save(done, path)
         for k in sets:
             sets[k].append(done[k])
@@ -302,11 +310,12 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
     summary = []
     for name in artists:
         x, t = artist_sources(name, sources)
-        sets = cloaked_sets(E, enc, x, t, os.path.join(OUT, f"{name}-cloaks"))
+        sets = cloaked_sets(E, enc, x, t, os.path.join(OUT, f"{name}-cloaks"), faster=bool(only and "faster" in only))
         print(f"{name}: mean PSNR ours {sets['psnr']['cloaked']:.2f} dB, reference {sets['psnr']['reference']:.2f}, "
-              f"noise {sets['psnr']['noise']:.2f}", flush=True)
+              f"noise {sets['psnr']['noise']:.2f}"
+              + (f", faster {sets['psnr']['faster']:.2f}" if "faster" in sets else ""), flush=True)
         pictures = {"clean": x, "cloaked": sets["cloaked"], "reference": sets["reference"], "noise": sets["noise"],
-                    "target": t}
+                    "target": t, **({"faster": sets["faster"]} if "faster" in sets else {})}
         pictures.update({f"cloaked+{k}": v for k, v in scraped(E, member, sets["cloaked"], purifier_strength,
                                                                        resize).items()})
         latents = {k: encode(member, M.crops(v, M.MIMIC_CROP, M.MIMIC_CROP // 2)) for k, v in pictures.items()}
@@ -318,7 +327,7 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
         shares = {}
         # the comparison first (clean, cloaked, reference), then the seed spread, then the scraper's rows, then the
         # controls: a run cut short still has the figures that matter most (every model is cached as it finishes)
-        first = [k for k in ("clean", "cloaked", "reference") if k in latents]
+        first = [k for k in ("clean", "cloaked", "reference", "faster") if k in latents]
         rest = sorted((k for k in latents if k not in first), key=lambda k: not k.startswith("cloaked+"))
         order = [(k, seeds[0]) for k in first] + [(k, s) for s in seeds[1:] for k in latents if k in seed_sets] \
             + [(k, seeds[0]) for k in rest]
@@ -376,7 +385,8 @@ def main():
     ap.add_argument("--sources", type=int, default=SOURCES, help="pictures per artist (cloaking is the slow part: "
                     "~100 s per 256² picture for the cloak and the reference on 2 CPU cores)")
     ap.add_argument("--sets", default="", help="train only these sets, comma-separated (default: every set): "
-                    "e.g. clean,cloaked,reference when the time is short")
+                    "e.g. clean,cloaked,reference when the time is short; 'faster' (GlazePerturb at render "
+                    "quality faster) is cloaked and trained only when named")
     ap.add_argument("--guidance", type=float, default=None, help="autoguidance when sampling (default: the "
                     "mimic's own, engine.miniature.MIMIC_GUIDANCE); models are cached, so this only samples again")
     ap.add_argument("--quick", action="store_true", help="4 sources, 16 samples (a smoke run, not a figure)")

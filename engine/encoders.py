@@ -58,6 +58,8 @@ class CallableEncoder:
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None
     # the network behind ``fn``, when there is one: tiling (engine.tiling) looks in it for GroupNorm layers
     module: torch.nn.Module | None = None
+    # an amortised start learned for this encoder (engine.warmstart.WarmStart), when one was trained for it
+    warm_start: torch.nn.Module | None = None
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         check_pixels(pixels)

@@ -178,9 +178,24 @@ class CloakJob:
 
         loss = (TiledGradient(objective, tiles, fast, hooks.should_stop) if tiles
                 else functools.partial(objective.loss, encoder=fast))
+        init = self._warm_start(x, objective, budget) if s.warm_start else None
         res = optimize(x, loss, budget, s.schedule(), seed=seed, transforms=transforms, view=self.pad,
-                       hooks=Hooks(should_stop=hooks.should_stop, on_step=on_step))
+                       hooks=Hooks(should_stop=hooks.should_stop, on_step=on_step), init=init)
         return res, objective, budget, scoring, tiles
+
+    @staticmethod
+    def _warm_start(x, objective, budget):
+        """The first member's amortised start toward this objective's target (None: it has none, or the objective
+        has no per-position target latents), from the original's latents that calibration kept."""
+        k = next((k for k, m in enumerate(objective.encoder.members) if getattr(m, "warm_start", None) is not None),
+                 None)
+        if k is None or not isinstance(objective, LatentMatch):
+            return None
+        with torch.no_grad():
+            z = objective.original_latents[k]
+            t = objective.target_for(k, z, None)
+            budget.setup(x)
+            return objective.encoder.members[k].warm_start.to(z.device).start(z, t, budget.caps)
 
     def report(self, result: CloakResult, title: str, notes: list[str] | None = None) -> str:
         """The report: a warning first when an image went out unprotected, the title, the estimate, ``notes``,

@@ -201,6 +201,7 @@ class LatentMatch(EnsembleObjective):
         if len(targets) != len(encoder.members):
             raise ValueError(f"got {len(targets)} targets for an ensemble of {len(encoder.members)}")
         self.targets = [t.float() for t in targets]
+        self.original_latents: list[torch.Tensor] = []  # the original's latents, kept by calibrate
 
     def target_for(self, k: int, z: torch.Tensor, warp: Warp | None) -> torch.Tensor:
         """Member ``k``'s target on the grid of the whole-image latent ``z``, warped with an EOT draw's ``warp``."""
@@ -215,6 +216,14 @@ class LatentMatch(EnsembleObjective):
 
     def member_distance(self, k, z, warp):
         return (z - self.target_for(k, z, warp)).flatten(1).norm(dim=1)
+
+    def calibrate(self, pixels: torch.Tensor, encoder: EncoderEnsemble | None = None) -> None:
+        """Measure the original's start distances; its latents are kept (``original_latents``, one per member)
+        for what else needs them (the decoded start, a warm start), so the original is encoded once."""
+        with torch.no_grad():
+            self.original_latents = [m(pixels) for m in (encoder or self.encoder).members]
+            cols = [self.member_distance(k, z, None) for k, z in enumerate(self.original_latents)]
+            self._start = torch.stack(cols, dim=1).clamp_min(1e-8)
 
     tileable = True
 
@@ -352,7 +361,7 @@ class DecodedLatentMatch(LatentMatch):
                 if dec is None:
                     cols.append(torch.ones(pixels.shape[0], device=self.start.device))
                     continue
-                z = m(pixels)
+                z = self.original_latents[k]
                 t = self.target_for(k, z, None)
                 d = (decode_in_tiles(dec, z) - decode_in_tiles(dec, t)).flatten(1).norm(dim=1)
                 cols.append(d.to(self.start.device))

@@ -77,6 +77,7 @@ def optimize(
     transforms: Callable | None = None,
     view: Callable[[torch.Tensor], torch.Tensor] | None = None,
     hooks: Hooks = Hooks(),
+    init: torch.Tensor | None = None,
 ) -> OptimizeResult:
     """Optimise a perturbation of ``x`` (``[B, 3, H, W]`` in 0..1) for ``schedule.steps`` steps.
 
@@ -86,7 +87,9 @@ def optimize(
     ``budget``            has ``setup(x)``, ``caps`` (per-pixel step scale), ``project(x, δ)``, ``penalty``;
     ``transforms(pixels, generator) -> (pixels, warp)``  an EOT draw; ``samples`` attribute = draws/step;
     ``view``              applied to ``x + δ`` before transforms (e.g. padding to the encoder's multiple);
-    ``hooks``             ``on_step`` after every step, ``should_stop`` before it (raises :class:`Cancelled`).
+    ``hooks``             ``on_step`` after every step, ``should_stop`` before it (raises :class:`Cancelled`);
+    ``init``              a starting perturbation (e.g. an amortised warm start), projected into the budget first;
+                          zero when None.
     """
     from .tiling import TiledGradient
 
@@ -98,7 +101,7 @@ def optimize(
     budget.setup(x)
     caps = budget.caps
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    delta = torch.zeros_like(x)
+    delta = torch.zeros_like(x) if init is None else budget.project(x, init.detach().float().to(x.device))
     m = torch.zeros_like(x)
     v = torch.zeros_like(x)
     b1, b2 = 0.9, 0.999

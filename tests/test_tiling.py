@@ -303,12 +303,17 @@ def test_a_cloak_with_a_decoder_runs_the_decoded_objective_in_tiles():
     enc = E.EncoderEnsemble([member])
     x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(2))
     target = E.style_target_from_latents(enc.name, ["local"], [[member(x.flip(-1))]], "per_image")
-    s = dc.replace(E.settings_for("default", "faster", "off"), steps=4, tile=64)
+    s = dc.replace(E.settings_for("default", "faster", "off"), steps=4, tile=64, decoded_every=1)
     with torch.enable_grad():
         mixed = E.cloak_images(x, enc, E.glaze_objectives(enc, target), s)
     assert mixed.reports[0]["tiles"] == 16 and mixed.reports[0]["target_gain"] > 0.01
     tiled = [d for d in decodes if d[0] * d[1] < 32 * 32]
     assert len(tiled) >= 4 * 16 and len(decodes) - len(tiled) == 2  # the whole latent only to calibrate (no grad)
+    decodes.clear()
+    with torch.enable_grad():  # render quality faster's refresh: each tile decodes D(t) and D(z) once in 4 steps
+        lazy = E.cloak_images(x, enc, E.glaze_objectives(enc, target), dc.replace(s, decoded_every=4))
+    tiled = [d for d in decodes if d[0] * d[1] < 32 * 32]
+    assert len(tiled) == 2 * 16 and len(decodes) - len(tiled) == 2 and lazy.reports[0]["target_gain"] > 0.01
     decodes.clear()
     with torch.enable_grad():
         plain = E.cloak_images(x, enc, E.glaze_objectives(enc, target), dc.replace(s, decoded_weight=0.0))
