@@ -2,7 +2,8 @@
 
 Each variant is GlazePerturb's engine path (intensity default, robustness on, TAEF2 with its decoder, the passes'
 precision automatic as the nodes run them) with some settings changed, written ``name:key=value:key=value``
-(keys are engine.cloak.CloakSettings fields; values parse as int, float or text), or one of the named ones below.
+(keys are engine.cloak.CloakSettings fields, values parse as int, float or text; ``quality=faster`` starts from that
+render quality instead of default; a bare render quality name is that preset).
 Every variant cloaks the same development images (bench/devset.py: the eight 256² kinds, the two 512² ones) and is
 scored on the whole TAEF2 in float32: PSNR, SSIM, target gain clean, after a real JPEG q75 and after the TAEF2
 round trip, seconds per image; then each variant's means and its ratios to the first variant, and a row for plain
@@ -49,6 +50,8 @@ def changes(settings, spec: str) -> dict:
     out = {}
     for pair in spec.split(":")[1:]:
         key, _, value = pair.partition("=")
+        if key == "quality":  # the render quality preset the variant starts from (see variant)
+            continue
         if key not in {f.name for f in dataclasses.fields(settings)}:
             raise SystemExit(f"{spec}: {key!r} is not a CloakSettings field")
         out[key] = parse_value(value)
@@ -58,7 +61,8 @@ def changes(settings, spec: str) -> dict:
 def variant(E, spec: str):
     """(name, settings) of ``name[:key=value...]``; a bare name is a render quality preset or 'default'."""
     name = spec.split(":")[0]
-    quality = name if name in E.RENDER_QUALITY else "default"
+    quality = next((p.partition("=")[2] for p in spec.split(":")[1:] if p.startswith("quality=")),
+                   name if name in E.RENDER_QUALITY else "default")
     s = dataclasses.replace(E.settings_for("default", quality, "on"), precision="auto")
     return name, dataclasses.replace(s, **changes(s, spec))
 

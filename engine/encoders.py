@@ -142,7 +142,8 @@ def tae_encoder(path: str, device: torch.device | str = "cpu", dtype: torch.dtyp
     The variant (latent channels, ÷8 or ÷32, FLUX.2's pool branches) is read from the weights (engine.tae).
     Pixels 0..1 in, raw TAE latents out (see engine.tae for the scaling conventions). Where a matching
     ``*_decoder`` file lies beside it, ``decode`` is set, so a real decoder can purify. ``channels_last``
-    runs the convolutions in NHWC, about 15 % faster on CPU here.
+    runs the convolutions (encoder and decoder) in NHWC: about 15 % faster for the encoder on CPU here, 35 % for
+    TAEF2's decoder.
     """
     from . import tae
 
@@ -157,9 +158,14 @@ def tae_encoder(path: str, device: torch.device | str = "cpu", dtype: torch.dtyp
         dec, dinfo = tae.load(dec_path, "decoder")
         if dinfo.channels == info.channels:
             dec = dec.to(device=device, dtype=dtype)
+            if channels_last:  # TAEF2's decoder, fwd+bwd at 512² bf16 on 2 CPU cores: 0.91 s -> 0.59 s
+                dec = dec.to(memory_format=torch.channels_last)
 
             def decode(z, _dec=dec):
-                return _dec(z.to(device=device, dtype=dtype)).float().clamp(0, 1)
+                z = z.to(device=device, dtype=dtype)
+                if channels_last:
+                    z = z.contiguous(memory_format=torch.channels_last)
+                return _dec(z).float().clamp(0, 1).contiguous()
 
     def encode(pixels):
         if channels_last:
