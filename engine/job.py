@@ -103,6 +103,10 @@ class CloakJob:
         shared = self.device.type == "cpu"  # the batch's copies live in CPU memory: on a CPU, beside the work
         decoded = s.decoded_weight > 0 and any(m.decode is not None for m in self.encoder.members)
         probed = probe(self.encoder, precision=s.precision, decoded=decoded)
+        if decoded and s.decoded_every > 1:  # the decoder runs on one pass in decoded_every (its memory on each)
+            plain = probe(self.encoder, precision=s.precision)
+            probed = dataclasses.replace(probed, seconds_per_pixel=plain.seconds_per_pixel + (
+                probed.seconds_per_pixel - plain.seconds_per_pixel) / s.decoded_every)
         memory_tile = max_tile_side(probed, ph, pw, free_bytes, self.passes, self.encoder.multiple,
                                     batch_bytes(ph, pw, b) if shared else 0.0)
         self.tile = tile_side(s, ph, pw, memory_tile or MIN_TILE, self.device.type)
