@@ -68,3 +68,16 @@ def test_a_trained_warm_start_file_round_trips_and_is_found_by_encoder_name(tmp_
     save_file({"w": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
     with pytest.raises(ValueError, match="not a warm-start file"):
         W.load(str(tmp_path / "bad.safetensors"))
+
+
+def test_render_quality_faster_is_the_fast_path_for_the_cloak_and_keeps_its_old_meaning_for_the_poison():
+    """faster (2026-12-02): the style cloak runs 25 steps at twice the step size with the decoded term refreshed every
+    4th pass; the poison, not measured on that path, keeps 50 plain steps; default and slowest are unchanged."""
+    glaze = E.settings_for("default", "faster", "on")
+    assert (glaze.steps, glaze.lr, glaze.decoded_every) == (25, 0.5, 4)
+    poison = E.settings_for("default", "faster", "on", kind="nightshade")
+    assert (poison.steps, poison.lr, poison.decoded_every) == (50, 0.25, 1)
+    for quality, steps in (("default", 100), ("slowest", 300)):
+        for kind in ("glaze", "nightshade"):
+            s = E.settings_for("default", quality, "on", kind=kind)
+            assert (s.steps, s.lr, s.decoded_every) == (steps, 0.25, 1)
