@@ -81,6 +81,17 @@ def cached_cloak(E, enc, name, settings, x, t, kind, size):
     return img, sec
 
 
+def scored(E, enc, name, settings, x, t, kind, size, roundtrip) -> dict:
+    """One (cached) cloak of ``x`` scored: PSNR, SSIM, the gains of glaze_eval.gains, seconds; printed as a line."""
+    img, sec = cached_cloak(E, enc, name, settings, x, t, kind, size)
+    g = G.gains(E, enc, x, img, t, roundtrip=roundtrip)
+    row = dict(psnr=float(E.psnr(img, x)[0]), ssim=float(E.ssim(img, x)[0]), sec=sec,
+               **{k: float(v.mean()) for k, v in g.items()})
+    print(f"{size}² {kind:16} {name:14} psnr {row['psnr']:.2f} ssim {row['ssim']:.3f} gain {row['gain']:.4f}"
+          f" jpeg75 {row['gain_jpeg75']:.4f} round trip {row['gain_roundtrip']:.4f} {sec:7.1f} s", flush=True)
+    return row
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="256")
@@ -108,27 +119,15 @@ def main():
         for j, kind in enumerate(kinds):
             x, t = x_all[j:j + 1], t_all[j:j + 1]
             for name, s in named:
-                img, sec = cached_cloak(E, enc, name, s, x, t, kind, size)
-                g = G.gains(E, enc, x, img, t, roundtrip=roundtrip)
-                row = dict(psnr=float(E.psnr(img, x)[0]), ssim=float(E.ssim(img, x)[0]), sec=sec,
-                           **{k: float(v.mean()) for k, v in g.items()})
-                rows.setdefault(name, []).append(row)
-                print(f"{size}² {kind:16} {name:14} psnr {row['psnr']:.2f} ssim {row['ssim']:.3f} gain {row['gain']:.4f}"
-                      f" jpeg75 {row['gain_jpeg75']:.4f} round trip {row['gain_roundtrip']:.4f} {sec:7.1f} s", flush=True)
+                rows.setdefault(name, []).append(scored(E, enc, name, s, x, t, kind, size, roundtrip))
         if "reference" in specs and named:
             first = named[0][0]
             level = G.reference_level(sum(r["psnr"] for r in rows[first]) / len(rows[first]))
             ref = dataclasses.replace(E.reference_settings(level / 255, 100), precision="auto")
             for j, kind in enumerate(kinds):
                 x, t = x_all[j:j + 1], t_all[j:j + 1]
-                img, sec = cached_cloak(E, enc, f"reference{level}", ref, x, t, kind, size)
-                g = G.gains(E, enc, x, img, t, roundtrip=roundtrip)
-                row = dict(psnr=float(E.psnr(img, x)[0]), ssim=float(E.ssim(img, x)[0]), sec=sec,
-                           **{k: float(v.mean()) for k, v in g.items()})
-                rows.setdefault("reference", []).append(row)
-                print(f"{size}² {kind:16} reference{level:<5} psnr {row['psnr']:.2f} ssim {row['ssim']:.3f} "
-                      f"gain {row['gain']:.4f} jpeg75 {row['gain_jpeg75']:.4f} round trip {row['gain_roundtrip']:.4f} "
-                      f"{sec:7.1f} s", flush=True)
+                rows.setdefault("reference", []).append(
+                    scored(E, enc, f"reference{level}", ref, x, t, kind, size, roundtrip))
         names = [n for n, _ in named] + (["reference"] if "reference" in specs else [])
         means = {n: G.mean_rows(rows[n], KEYS) for n in names}
         print(G.fmt_table(f"\n{size}², means over {len(kinds)} development images (TAEF2, fp32 scoring)",

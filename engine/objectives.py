@@ -320,12 +320,17 @@ class DecodedLatentMatch(LatentMatch):
         if where is None:
             with torch.no_grad():
                 return decode(t)
-        key = (k, where, tuple(z.shape), z.dtype, str(z.device), torch.is_autocast_enabled(z.device.type))
+        key = self._pass_key(k, where, z)
         got = self._decoded_targets.get(key)
         if got is None:
             with torch.no_grad():
                 got = self._decoded_targets[key] = decode(t)
         return got
+
+    @staticmethod
+    def _pass_key(k: int, where, z: torch.Tensor) -> tuple:
+        """Member, place and pass kind (shape, dtype, device, autocast): what a kept decode is valid for."""
+        return k, where, tuple(z.shape), z.dtype, str(z.device), torch.is_autocast_enabled(z.device.type)
 
     def decoded_sq(self, k: int, decode, z: torch.Tensor, t: torch.Tensor, where=None,
                    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
@@ -333,23 +338,20 @@ class DecodedLatentMatch(LatentMatch):
         to ``[B]``; default: its sum), exact or, between refreshes (``every`` > 1, unwarped places only), as the
         last exact pass's value plus its gradient times the change in ``z`` since then."""
         reduce = reduce or (lambda d: d.flatten(1).sum(1))
-        key = None if where is None or self.every == 1 else \
-            (k, where, tuple(z.shape), z.dtype, str(z.device), torch.is_autocast_enabled(z.device.type))
-        got = self._linear.get(key) if key is not None else None
+        if where is None or self.every == 1:
+            return reduce((decode(z) - self.decoded_target(k, decode, t, z, where)).float().pow(2))
+        key = self._pass_key(k, where, z)
+        got = self._linear.get(key)
         if got is not None and got[0] < self.every:
-            self._linear[key] = (got[0] + 1, *got[1:])
-            _, value, grad, z_then = got
-            return value + (grad * (z - z_then)).flatten(1).sum(1)
-        dt = self.decoded_target(k, decode, t, z, where)
-        if key is None:
-            return reduce((decode(z) - dt).float().pow(2))
-        z0 = z.detach().requires_grad_(True)
-        with torch.enable_grad():
-            sq = reduce((decode(z0) - dt).float().pow(2))
-            (grad,) = torch.autograd.grad(sq.sum(), z0)
-        value, grad, z0 = sq.detach(), grad.detach(), z0.detach()
-        self._linear[key] = (1, value, grad, z0)
-        return value + (grad * (z - z0)).flatten(1).sum(1)
+            passes, value, grad, z_then = got
+        else:  # refresh: the exact value and its gradient at this latent
+            passes, z_then = 0, z.detach().requires_grad_(True)
+            with torch.enable_grad():
+                sq = reduce((decode(z_then) - self.decoded_target(k, decode, t, z, where)).float().pow(2))
+                (grad,) = torch.autograd.grad(sq.sum(), z_then)
+            value, grad, z_then = sq.detach(), grad.detach(), z_then.detach()
+        self._linear[key] = (passes + 1, value, grad, z_then)
+        return value + (grad * (z - z_then)).flatten(1).sum(1)
 
     def calibrate(self, pixels: torch.Tensor, encoder: EncoderEnsemble | None = None) -> None:
         super().calibrate(pixels, encoder)

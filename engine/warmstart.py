@@ -17,8 +17,8 @@ import torch.nn as nn
 
 
 class WarmStart(nn.Module):
-    """``(z, r) -> pixel pattern``: a 3×3 convolution mixing latent and residual, a residual block, and a transposed
-    convolution (kernel 2·factor, stride factor) that paints each latent cell's pattern with its neighbours'."""
+    """``(z, r) -> pixel pattern``: two 3×3 convolutions mixing latent and residual, and a transposed convolution
+    (kernel 2·factor, stride factor) that paints each latent cell's pattern with its neighbours'."""
 
     def __init__(self, channels: int, factor: int = 8, hidden: int = 64):
         super().__init__()

@@ -200,17 +200,22 @@ def test_the_decoded_objective_tiles_exactly_and_keeps_the_latent_distances():
         E.DecodedLatentMatch(enc, plain.targets, 1.5)
 
 
+def counted_decodes():
+    """(ensemble, member, calls, picture, other picture): the local encoder with the local decoder, every decode
+    recorded in ``calls``, and two 128×160 pictures for an objective to pull between."""
+    import dataclasses as dc
+    dec = local_decoder()
+    calls = []
+    member = dc.replace(local_encoder().members[0], decode=lambda z: (calls.append(1), dec(z))[1])
+    x = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(0))
+    other = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(5)).pow(3)
+    return E.EncoderEnsemble([member]), member, calls, x, other
+
+
 def test_the_decoded_objective_decodes_its_fixed_target_once_and_a_warped_one_afresh():
     """D(t) is kept per place (whole image, each tile) once decoded: a second pass decodes only the cloaked latents,
     with the same loss and gradient; a warped target (a geometric EOT draw) is decoded afresh every time."""
-    import dataclasses as dc
-    enc = local_encoder()
-    dec = local_decoder()
-    calls = []
-    member = dc.replace(enc.members[0], decode=lambda z: (calls.append(torch.is_grad_enabled()), dec(z))[1])
-    enc = E.EncoderEnsemble([member])
-    x = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(0))
-    other = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(5)).pow(3)
+    enc, member, calls, x, other = counted_decodes()
     obj = E.DecodedLatentMatch(enc, [member(other)], 0.5)
     obj.calibrate(x)
     y = (0.6 * x + 0.4 * other).requires_grad_(True)
@@ -238,14 +243,7 @@ def test_a_decoded_term_refreshed_every_third_pass_is_exact_then_and_first_order
     """``every`` 3: the decoder runs on passes 1 and 4 at each place (whole image, each tile), which give the exact
     loss and gradient; passes 2 and 3 decode nothing and give the refresh's value plus its gradient times the
     latent's change: exact where the picture has not moved, near it for a small move. Warped draws always decode."""
-    import dataclasses as dc
-    enc = local_encoder()
-    dec = local_decoder()
-    calls = []
-    member = dc.replace(enc.members[0], decode=lambda z: (calls.append(1), dec(z))[1])
-    enc = E.EncoderEnsemble([member])
-    x = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(0))
-    other = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(5)).pow(3)
+    enc, member, calls, x, other = counted_decodes()
     exact = E.DecodedLatentMatch(enc, [member(other)], 0.5)
     lazy = E.DecodedLatentMatch(enc, [member(other)], 0.5, every=3)
     exact.calibrate(x), lazy.calibrate(x)
