@@ -12,12 +12,15 @@ robustness on, TAEF2, latent objective), its anchors being B images the *clean* 
 does (each image paired with the nearest anchor by latent); **dirty-label**: the same k of A's images replaced by
 B images captioned A (the bound an attacker gets with no perturbation); **reference**: the plain reference PGD's
 poison (L∞ sign steps, no EOT) toward the same anchors at the L∞ level whose mean PSNR is nearest the poison's;
-**noise**: Gaussian noise at each poison's own PSNR. k runs over ``--counts`` (percent of A's images; the poisoned
+**decoded** (``--sets …,decoded``): the same poison with the style cloak's method (the decoded distance mixed in at 0.5, flat-area floor 0.5); **noiseobj**: the noise objective against the clean model's denoiser; **noise**: Gaussian noise at each poison's own PSNR. k runs over ``--counts`` (percent of A's images; the poisoned
 images of a smaller count are the first of a larger one's).
 
-Judge: a nearest-centroid classifier on TAESANA encoder features (channel means and Gram matrices at 1/4 scale:
-the network the poison is never made against), fitted on the decoded clean training images D(E(x)) of each
-concept, its accuracy on the held-out pictures' decoded images printed. Per model, 64 samples a concept (ancestral
+Judge (``--judge``): by default a multinomial logistic regression on TAESANA encoder features (channel means and
+Gram matrices at 1/4 scale: the network the poison is never made against), fitted on the decoded clean training
+images D(E(x)) of each concept *and* on 64 samples a concept of the clean seed-0 model (a sampling seed never
+scored), so that a concept the small model draws poorly still reads as itself; its accuracy on the held-out
+pictures' decoded images and on the clean model's samples of another sampling seed printed (``logistic``: the
+decoded images only; ``centroid``: the nearest centroid of the first figures). Per model, 64 samples a concept (ancestral
 DDIM, 40 steps), decoded with TAEF2: **A->B** = the share of A-prompted samples classified B; **bleed** = the same
 for the related concept; **collateral** = for the unrelated concepts (painting, photo); **own** = the share of
 each concept's samples classified as that concept (the model's fit: a model that cannot draw its concepts
@@ -32,6 +35,7 @@ Poisoned images and trained models are cached in bench/out/poison/ (keyed by the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import os
 import time
@@ -81,21 +85,70 @@ def images(concept: str, first: int, count: int) -> torch.Tensor:
 
 
 class Classifier:
-    """Nearest centroid in standardised TAESANA features (BM.StyleJudge.sana), fitted on decoded clean images."""
+    """A judge of concepts in TAESANA features (BM.StyleJudge.sana, square-rooted and standardised).
 
-    def __init__(self, judge: BM.StyleJudge, decoded: list[torch.Tensor]):
-        self.judge = judge
-        feats = [self.raw(d) for d in decoded]
+    ``kind`` ``centroid``: nearest class centroid. ``logistic``: multinomial logistic regression (L2, its strength
+    picked on a fifth of the fitting images held back, then refitted on all). ``decoded`` is one tensor of images per
+    class; ``extra`` (optional) more images per class, fitted beside them (the bench adds the clean model's own
+    samples, so that a concept drawn *poorly* by a small model still reads as that concept and only a concept drawn
+    *as another* reads as the other)."""
+
+    def __init__(self, judge: BM.StyleJudge, decoded: list[torch.Tensor], extra: list[torch.Tensor] | None = None,
+                 kind: str = "logistic"):
+        self.judge, self.kind = judge, kind
+        groups = [decoded] + ([extra] if extra is not None else [])
+        feats = [torch.cat([self.raw(g[k]) for g in groups]) for k in range(len(decoded))]
         allf = torch.cat(feats)
         self.mean, self.std = allf.mean(0), allf.std(0).clamp_min(1e-6)
-        self.centroids = torch.stack([((f - self.mean) / self.std).mean(0) for f in feats])
+        feats = [(f - self.mean) / self.std for f in feats]
+        self.centroids = torch.stack([f.mean(0) for f in feats])
+        if kind == "logistic":
+            x = torch.cat(feats)
+            y = torch.cat([torch.full((f.shape[0],), k, dtype=torch.long) for k, f in enumerate(feats)])
+            self.weight, self.lam = self._fit_with_holdout(x, y, len(feats))
+        elif kind != "centroid":
+            raise ValueError(f"unknown classifier {kind!r}: centroid or logistic")
 
     def raw(self, x: torch.Tensor) -> torch.Tensor:
         f = self.judge.sana(x)
         return torch.sign(f) * f.abs().sqrt()  # Gram entries spread over decades: a square root evens them
 
+    @staticmethod
+    def _fit(x: torch.Tensor, y: torch.Tensor, classes: int, lam: float) -> torch.Tensor:
+        xb = torch.cat([x, torch.ones(x.shape[0], 1)], 1)
+        w = torch.zeros(xb.shape[1], classes, requires_grad=True)
+        opt = torch.optim.LBFGS([w], lr=1, max_iter=200, history_size=20, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(xb @ w, y) + lam * w[:-1].square().sum()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            opt.step(closure)
+        return w.detach()
+
+    def _fit_with_holdout(self, x, y, classes):
+        g = torch.Generator().manual_seed(0)
+        order = torch.randperm(x.shape[0], generator=g)
+        held, fit = order[: x.shape[0] // 5], order[x.shape[0] // 5:]
+        best = None
+        for lam in (1e-4, 1e-3, 1e-2, 1e-1):
+            w = self._fit(x[fit], y[fit], classes, lam)
+            acc = float(((self._logits(x[held], w)).argmax(1) == y[held]).float().mean())
+            if best is None or acc > best[0]:
+                best = (acc, lam)
+        return self._fit(x, y, classes, best[1]), best[1]
+
+    @staticmethod
+    def _logits(f: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return torch.cat([f, torch.ones(f.shape[0], 1)], 1) @ w
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         f = (self.raw(x) - self.mean) / self.std
+        if self.kind == "logistic":
+            return self._logits(f, self.weight).argmax(1)
         return torch.cdist(f, self.centroids).argmin(1)
 
 
@@ -149,12 +202,17 @@ def main():
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--preset", default="default", help="NightshadePoison intensity preset (low, default, high)")
     ap.add_argument("--sets", default="clean,poisoned,dirty,reference,noise,noiseobj",
-                    help="noiseobj: poisoned with the noise objective against the clean model's own denoiser")
+                    help="noiseobj: poisoned with the noise objective against the clean model's own denoiser; decoded: "
+                         "poisoned with the decoded distance mixed in (0.5) and flat floor 0.5, as the style cloak")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--model", default="small", choices=sorted(MODELS),
                     help="small: width 64, no attention, no guidance (~1.5 min a model); mimic: the mimicry bench's "
                          "width-96 model with attention and autoguidance from a width-64 twin (~5 min)")
     ap.add_argument("--quick", action="store_true", help="2 training pictures a concept, 16 samples (a smoke run)")
+    ap.add_argument("--judge", default="logistic+samples", choices=("logistic+samples", "logistic", "centroid"),
+                    help="the classifier of samples: logistic regression or nearest centroid on TAESANA features of "
+                         "the decoded clean training images; +samples: fitted on the clean model's own samples too "
+                         "(a sampling seed never scored)")
     args = ap.parse_args()
     E = common.load_host().engine
     M = BM._engine("miniature")
@@ -176,10 +234,18 @@ def main():
     train_x = [images(c, 0, n_train) for c in CONCEPTS]
     test_x = [images(c, n_train, TEST_PICTURES) for c in CONCEPTS]
     spare_b = images(CONCEPTS[B], n_train + TEST_PICTURES, n_train)  # dirty-label images: B pictures never trained on
-    classify = Classifier(judge, [BM.decode(member, BM.encode(member, x)) for x in train_x])
-    acc = [float((classify(BM.decode(member, BM.encode(member, x))) == k).float().mean()) for k, x in enumerate(test_x)]
-    print("classifier accuracy on held-out decoded images: " + ", ".join(f"{c} {a:.2f}" for c, a in zip(CONCEPTS, acc))
-          + f" (mean {sum(acc) / len(acc):.2f})", flush=True)
+    decoded_train = [BM.decode(member, BM.encode(member, x)) for x in train_x]
+    decoded_test = [BM.decode(member, BM.encode(member, x)) for x in test_x]
+
+    def accuracy(classify, sets, what):
+        acc = [float((classify(x) == k).float().mean()) for k, x in enumerate(sets)]
+        print(f"classifier ({args.judge}) accuracy on {what}: "
+              + ", ".join(f"{c} {a:.2f}" for c, a in zip(CONCEPTS, acc)) + f" (mean {sum(acc) / len(acc):.2f})",
+              flush=True)
+
+    kind = args.judge.split("+")[0]
+    classify = Classifier(judge, decoded_train, kind=kind)
+    accuracy(classify, decoded_test, "held-out decoded images")
 
     net, train_settings, guidance = MODELS[args.model] or (M.MIMIC_CONFIG, M.MIMIC_SETTINGS, M.MIMIC_GUIDANCE)
     config = M.MiniConfig(channels=32, classes=len(CONCEPTS), **net)
@@ -211,10 +277,17 @@ def main():
               + " ".join(f"{o:.2f}" for o in own) + "  " + " ".join(f"{o:.2f}" for o in where_a) + f"  {sec:6.0f}",
               flush=True)
 
-    # the clean model first: it draws the anchors
+    # the clean model first: it draws the anchors (and, for the judge "+samples", more images of each concept)
     clean_models = {}
     for seed in seeds:
         clean_models[seed] = train_on(train_x[A], "clean", seed)
+    if args.judge.endswith("+samples"):
+        # sampling seeds 1077 / 1078: never the scored ones (1000 + the training seed)
+        fitted = [p for p in _by_concept(*draw(clean_models[seeds[0]][0], 77))]
+        classify = Classifier(judge, decoded_train, fitted, kind=kind)
+        accuracy(classify, decoded_test, "held-out decoded images")
+        accuracy(classify, _by_concept(*draw(clean_models[seeds[0]][0], 78)),
+                 f"the clean model's (seed {seeds[0]}) samples of another sampling seed")
     anchors, _ = draw(clean_models[seeds[0]][0], 7, [B], ANCHORS)
     settings = E.settings_for(args.preset, "default", "on", kind="nightshade")
     k_max = max(round(n_a * c / 100) for c in counts)
@@ -228,6 +301,16 @@ def main():
         ref, level = reference_poison(E, NS, enc, victims, anchors, goal, "reference")
         print(f"reference PGD ({level}/255) of the same images: PSNR {float(ref['psnr'].mean()):.2f} dB, nearer "
               f"{int(ref['nearer'].sum())}/{k_max}, latent gain {float(ref['gain'].mean()):.3f}", flush=True)
+    decoded = None
+    if "decoded" in wanted:
+        # the style cloak's method on the poison: the decoded distance mixed in and the flat-area floor 0.5
+        # (engine.cloak.KINDS["glaze"]), which moved what a mimic draws most in the mimicry bench
+        decoded = poisoned_images(NS, enc, victims, anchors, dataclasses.replace(settings, floor=0.5,
+                                                                                 decoded_weight=0.5),
+                                  f"decoded-{args.preset}")
+        print(f"poison ({args.preset}, decoded objective, floor 0.5): PSNR {float(decoded['psnr'].mean()):.2f} dB, "
+              f"nearer {int(decoded['nearer'].sum())}/{k_max}, latent gain {float(decoded['gain'].mean()):.3f}",
+              flush=True)
     noisy = noise_like(victims, poisons["psnr"])
     noiseobj = None
     if "noiseobj" in wanted:
@@ -250,6 +333,9 @@ def main():
             if "poisoned" in wanted:
                 score("poisoned", c, seed, *train_on(torch.cat([poisons["images"][:k], train_x[A][k:]]),
                                                      f"poisoned{c}-{args.preset}", seed))
+            if decoded is not None:
+                score("decoded", c, seed, *train_on(torch.cat([decoded["images"][:k], train_x[A][k:]]),
+                                                    f"decoded{c}-{args.preset}", seed))
             if noiseobj is not None:
                 score("noiseobj", c, seed, *train_on(torch.cat([noiseobj["images"][:k], train_x[A][k:]]),
                                                      f"noiseobj{c}-{args.preset}", seed))
@@ -262,6 +348,10 @@ def main():
             if "noise" in wanted:
                 score("noise", c, seed, *train_on(torch.cat([noisy[:k], train_x[A][k:]]), f"noise{c}", seed))
     print_summary(rows, seeds)
+
+
+def _by_concept(pics: torch.Tensor, ys: torch.Tensor) -> list[torch.Tensor]:
+    return [pics[ys == k] for k in range(len(CONCEPTS))]
 
 
 def print_summary(rows, seeds):
