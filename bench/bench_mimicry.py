@@ -13,7 +13,8 @@ trained on each set with the same seed and data order; samples are decoded with 
 Sets: clean; cloaked by GlazePerturb's engine path at default (robustness on); the plain reference PGD at the
 8-bit L∞ level nearest each cloak's PSNR; Gaussian noise at each cloak's PSNR; the target; and the scraper's side:
 the cloaked set after JPEG q75 and after the pack's miniature purifier (trained on none of these artists,
-models/miniature); ``--resize`` adds a 0.5x down-up resize.
+models/miniature), beside the clean set after the same purifier (what the purifier alone does to the style);
+``--resize`` adds a 0.5x down-up resize.
 
 Judges the cloak is never made against: engine/style_score.py's pixel measure and Gram matrices (+ means) of the
 first layers of TAESANA's encoder (a second pretrained network). Per model: the **target share** of its samples
@@ -258,18 +259,26 @@ def scraped(E, member, cloaked: torch.Tensor, purifier_strength: float, resize: 
     """The scraper's side: the cloaked set after JPEG q75, after purification by the pack's generic miniature
     purifier (models/miniature, trained on none of these artists) at ``purifier_strength`` and, with ``resize``,
     after a 0.5x down-up resize; each back on 8-bit levels."""
-    A, P, M = _engine("attacks"), _engine("purifier"), _engine("miniature")
+    A = _engine("attacks")
     out = {"jpeg75": A.pil_codec(cloaked, "JPEG", 75)}
     if resize:
         out["resize0.5"] = quantise(E.transforms.resize_down_up(cloaked, 0.5))
+    cleaned = purified(member, cloaked, purifier_strength)
+    if cleaned is not None:
+        out["purified"] = cleaned
+    return out
+
+
+def purified(member, x: torch.Tensor, strength: float) -> torch.Tensor | None:
+    """``x`` through the pack's generic miniature purifier at ``strength``, back on 8-bit levels (the same seeds
+    for the same positions, so a clean and a cloaked set are purified alike); None, saying why, without one."""
+    P, M = _engine("purifier"), _engine("miniature")
     found = P.find_purifier(member, os.path.join(common.ROOT, "models", "miniature"))
     if found.path is None:
         print(f"  purified row skipped: {found.reason}")
-    else:
-        diffuse = P.miniature_diffuse(member, M.load(found.path), found.scale)
-        out["purified"] = quantise(torch.cat([diffuse(cloaked[i:i + 8], purifier_strength, i)
-                                              for i in range(0, cloaked.shape[0], 8)]))
-    return out
+        return None
+    diffuse = P.miniature_diffuse(member, M.load(found.path), found.scale)
+    return quantise(torch.cat([diffuse(x[i:i + 8], strength, i) for i in range(0, x.shape[0], 8)]))
 
 
 class Scorer:
@@ -318,6 +327,9 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
                     "target": t, **({"faster": sets["faster"]} if "faster" in sets else {})}
         pictures.update({f"cloaked+{k}": v for k, v in scraped(E, member, sets["cloaked"], purifier_strength,
                                                                        resize).items()})
+        if "cloaked+purified" in pictures:
+            # the purifier's own pull on the clean set: what the cloak kept is cloaked+purified minus this
+            pictures["clean+purified"] = purified(member, x, purifier_strength)
         latents = {k: encode(member, M.crops(v, M.MIMIC_CROP, M.MIMIC_CROP // 2)) for k, v in pictures.items()}
         print(f"{name}: {latents['clean'].shape[0]} crops a set", flush=True)
         scorer = Scorer(M, judge, decode(member, latents["clean"]), decode(member, latents["target"]))
@@ -328,7 +340,7 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
         # the comparison first (clean, cloaked, reference), then the seed spread, then the scraper's rows, then the
         # controls: a run cut short still has the figures that matter most (every model is cached as it finishes)
         first = [k for k in ("clean", "cloaked", "reference", "faster") if k in latents]
-        rest = sorted((k for k in latents if k not in first), key=lambda k: not k.startswith("cloaked+"))
+        rest = sorted((k for k in latents if k not in first), key=lambda k: not k.startswith(("cloaked+", "clean+")))
         order = [(k, seeds[0]) for k in first] + [(k, s) for s in seeds[1:] for k in latents if k in seed_sets] \
             + [(k, seeds[0]) for k in rest]
         if only:
@@ -368,9 +380,13 @@ def print_summary(summary, seeds):
             ref = shift.get("reference", 0.0)
             ratio = shift["cloaked"] / ref if abs(ref) > 1e-9 else float("nan")
             clean = [shares[("clean", s)][m] for s in seeds if ("clean", s) in shares]
+            kept = ""
+            if "cloaked+purified" in shift and "clean+purified" in shift:
+                kept = f"; kept through the purifier (cloaked+purified - clean+purified) " \
+                       f"{shift['cloaked+purified'] - shift['clean+purified']:+.3f}"
             print(f"{name:9} {m:8} clean share {sum(clean) / len(clean):.3f}; "
                   + ", ".join(f"{k} {v:+.3f}" for k, v in shift.items() if k != "clean")
-                  + f"; seed spread {spread:.3f}; cloaked/reference {ratio:.2f}", flush=True)
+                  + f"; seed spread {spread:.3f}; cloaked/reference {ratio:.2f}{kept}", flush=True)
 
 
 def main():
