@@ -95,7 +95,7 @@ class Classifier:
 
     def __init__(self, judge: BM.StyleJudge, decoded: list[torch.Tensor], extra: list[torch.Tensor] | None = None,
                  kind: str = "logistic"):
-        self.judge, self.kind = judge, kind
+        self.judge, self.kind, self.with_samples = judge, kind, extra is not None
         groups = [decoded] + ([extra] if extra is not None else [])
         feats = [torch.cat([self.raw(g[k]) for g in groups]) for k in range(len(decoded))]
         allf = torch.cat(feats)
@@ -239,7 +239,7 @@ def main():
 
     def accuracy(classify, sets, what):
         acc = [float((classify(x) == k).float().mean()) for k, x in enumerate(sets)]
-        print(f"classifier ({args.judge}) accuracy on {what}: "
+        print(f"classifier ({classify.kind}{' + samples' if classify.with_samples else ''}) accuracy on {what}: "
               + ", ".join(f"{c} {a:.2f}" for c, a in zip(CONCEPTS, acc)) + f" (mean {sum(acc) / len(acc):.2f})",
               flush=True)
 
