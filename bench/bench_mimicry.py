@@ -255,30 +255,29 @@ def cloaked_sets(E, enc, x, t, cache: str, faster: bool = False) -> dict:
     return {**{k: torch.cat(v) for k, v in sets.items()}, "psnr": {k: sum(v) / len(v) for k, v in psnr.items()}}
 
 
-def scraped(E, member, cloaked: torch.Tensor, purifier_strength: float, resize: bool) -> dict:
-    """The scraper's side: the cloaked set after JPEG q75, after purification by the pack's generic miniature
-    purifier (models/miniature, trained on none of these artists) at ``purifier_strength`` and, with ``resize``,
-    after a 0.5x down-up resize; each back on 8-bit levels."""
+def scraped(E, cloaked: torch.Tensor, purify, resize: bool) -> dict:
+    """The scraper's side: the cloaked set after JPEG q75, after ``purify`` (:func:`purifier`; skipped when None)
+    and, with ``resize``, after a 0.5x down-up resize; each back on 8-bit levels."""
     A = _engine("attacks")
     out = {"jpeg75": A.pil_codec(cloaked, "JPEG", 75)}
     if resize:
         out["resize0.5"] = quantise(E.transforms.resize_down_up(cloaked, 0.5))
-    cleaned = purified(member, cloaked, purifier_strength)
-    if cleaned is not None:
-        out["purified"] = cleaned
+    if purify is not None:
+        out["purified"] = purify(cloaked)
     return out
 
 
-def purified(member, x: torch.Tensor, strength: float) -> torch.Tensor | None:
-    """``x`` through the pack's generic miniature purifier at ``strength``, back on 8-bit levels (the same seeds
-    for the same positions, so a clean and a cloaked set are purified alike); None, saying why, without one."""
+def purifier(member, strength: float):
+    """``purify(x)``: ``x`` through the pack's generic miniature purifier (models/miniature, trained on none of
+    these artists) at ``strength``, back on 8-bit levels (the same seeds for the same positions, so a clean and a
+    cloaked set are purified alike); None, saying why, without one."""
     P, M = _engine("purifier"), _engine("miniature")
     found = P.find_purifier(member, os.path.join(common.ROOT, "models", "miniature"))
     if found.path is None:
         print(f"  purified row skipped: {found.reason}")
         return None
     diffuse = P.miniature_diffuse(member, M.load(found.path), found.scale)
-    return quantise(torch.cat([diffuse(x[i:i + 8], strength, i) for i in range(0, x.shape[0], 8)]))
+    return lambda x: quantise(torch.cat([diffuse(x[i:i + 8], strength, i) for i in range(0, x.shape[0], 8)]))
 
 
 class Scorer:
@@ -325,11 +324,11 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
               + (f", faster {sets['psnr']['faster']:.2f}" if "faster" in sets else ""), flush=True)
         pictures = {"clean": x, "cloaked": sets["cloaked"], "reference": sets["reference"], "noise": sets["noise"],
                     "target": t, **({"faster": sets["faster"]} if "faster" in sets else {})}
-        pictures.update({f"cloaked+{k}": v for k, v in scraped(E, member, sets["cloaked"], purifier_strength,
-                                                                       resize).items()})
-        if "cloaked+purified" in pictures:
+        purify = purifier(member, purifier_strength)
+        pictures.update({f"cloaked+{k}": v for k, v in scraped(E, sets["cloaked"], purify, resize).items()})
+        if purify is not None:
             # the purifier's own pull on the clean set: what the cloak kept is cloaked+purified minus this
-            pictures["clean+purified"] = purified(member, x, purifier_strength)
+            pictures["clean+purified"] = purify(x)
         latents = {k: encode(member, M.crops(v, M.MIMIC_CROP, M.MIMIC_CROP // 2)) for k, v in pictures.items()}
         print(f"{name}: {latents['clean'].shape[0]} crops a set", flush=True)
         scorer = Scorer(M, judge, decode(member, latents["clean"]), decode(member, latents["target"]))

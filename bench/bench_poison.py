@@ -105,7 +105,7 @@ class Classifier:
         if kind == "logistic":
             x = torch.cat(feats)
             y = torch.cat([torch.full((f.shape[0],), k, dtype=torch.long) for k, f in enumerate(feats)])
-            self.weight, self.lam = self._fit_with_holdout(x, y, len(feats))
+            self.weight = self._fit_with_holdout(x, y, len(feats))
         elif kind != "centroid":
             raise ValueError(f"unknown classifier {kind!r}: centroid or logistic")
 
@@ -139,7 +139,7 @@ class Classifier:
             acc = float(((self._logits(x[held], w)).argmax(1) == y[held]).float().mean())
             if best is None or acc > best[0]:
                 best = (acc, lam)
-        return self._fit(x, y, classes, best[1]), best[1]
+        return self._fit(x, y, classes, best[1])
 
     @staticmethod
     def _logits(f: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -283,8 +283,7 @@ def main():
         clean_models[seed] = train_on(train_x[A], "clean", seed)
     if args.judge.endswith("+samples"):
         # sampling seeds 1077 / 1078: never the scored ones (1000 + the training seed)
-        fitted = [p for p in _by_concept(*draw(clean_models[seeds[0]][0], 77))]
-        classify = Classifier(judge, decoded_train, fitted, kind=kind)
+        classify = Classifier(judge, decoded_train, _by_concept(*draw(clean_models[seeds[0]][0], 77)), kind=kind)
         accuracy(classify, decoded_test, "held-out decoded images")
         accuracy(classify, _by_concept(*draw(clean_models[seeds[0]][0], 78)),
                  f"the clean model's (seed {seeds[0]}) samples of another sampling seed")
