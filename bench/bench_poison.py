@@ -153,9 +153,9 @@ class Classifier:
 
 
 def poisoned_images(NS, enc, x: torch.Tensor, anchors: torch.Tensor, settings, tag: str, objective="latent",
-                    predictor=None) -> dict:
+                    predictor=None, pairing="nearest") -> dict:
     """``x`` poisoned toward ``anchors`` with ``settings`` (NightshadePoison's engine path; ``objective`` latent,
-    or noise with the diffusion model ``predictor``),
+    or noise with the diffusion model ``predictor``; ``pairing`` nearest, or one per image: image i toward anchor i),
     cached in chunks of 16; returns ``{"images", "psnr" [N], "nearer" [N] (ends nearer its anchor's latent than its
     own original's), "gain" [N]}``."""
     os.makedirs(OUT, exist_ok=True)
@@ -163,14 +163,15 @@ def poisoned_images(NS, enc, x: torch.Tensor, anchors: torch.Tensor, settings, t
     start = time.perf_counter()
     for i in range(0, x.shape[0], 16):
         xi = x[i:i + 16]
-        key = hashlib.sha1(xi.numpy().tobytes() + anchors.numpy().tobytes()
-                           + repr((settings, objective)).encode()).hexdigest()
+        ai = anchors if pairing == "nearest" else anchors[i:i + 16]
+        key = hashlib.sha1(xi.numpy().tobytes() + ai.numpy().tobytes()
+                           + repr((settings, objective, pairing)).encode()).hexdigest()
         path = os.path.join(OUT, f"{tag}-{key[:16]}.pt")
         if os.path.isfile(path):
             done = torch.load(path, weights_only=True)
         else:
             with torch.inference_mode(False), torch.enable_grad():
-                res = NS.poison_images(xi, enc, anchors, settings, objective, predictor, seed=i)
+                res = NS.poison_images(xi, enc, ai, settings, objective, predictor, seed=i, pairing=pairing)
             done = {"images": res.cloak.images, "psnr": torch.tensor([r["psnr"] for r in res.cloak.reports]),
                     "nearer": torch.tensor([c["nearer_anchor"] for c in res.checks]),
                     "gain": torch.tensor([c["latent_gain"] for c in res.checks])}
@@ -181,11 +182,12 @@ def poisoned_images(NS, enc, x: torch.Tensor, anchors: torch.Tensor, settings, t
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def reference_poison(E, NS, enc, x, anchors, goal: float, tag: str) -> tuple[dict, int]:
+def reference_poison(E, NS, enc, x, anchors, goal: float, tag: str, pairing="nearest") -> tuple[dict, int]:
     """The plain reference PGD's poison at the 8-bit L∞ level whose mean PSNR is nearest ``goal``
     (bench_mimicry.nearest_level)."""
     def run(level):
-        out = poisoned_images(NS, enc, x, anchors, E.reference_settings(level / 255, 100), f"{tag}-{level}")
+        out = poisoned_images(NS, enc, x, anchors, E.reference_settings(level / 255, 100), f"{tag}-{level}",
+                              pairing=pairing)
         return out, float(out["psnr"].mean())
 
     return BM.nearest_level(goal, run)
@@ -213,6 +215,14 @@ def main():
                     help="the classifier of samples: logistic regression or nearest centroid on TAESANA features of "
                          "the decoded clean training images; +samples: fitted on the clean model's own samples too "
                          "(a sampling seed never scored)")
+    ap.add_argument("--anchors", default="samples",
+                    help="samples: 16 B images the clean model draws, each image paired with the nearest by latent "
+                         "(Nightshade's recipe); sdedit:S: one anchor per image, the image redrawn as B by the clean "
+                         "model (SDEdit: noised to S of its schedule, denoised under caption B), so the anchor keeps "
+                         "the image's layout")
+    ap.add_argument("--screen", action="store_true",
+                    help="stop after the poisons: print how the judge reads each poison set's D(E(x')) (what a "
+                         "model that learned the poisoned latents perfectly would draw), no poisoned model trained")
     args = ap.parse_args()
     E = common.load_host().engine
     M = BM._engine("miniature")
@@ -287,40 +297,67 @@ def main():
         accuracy(classify, decoded_test, "held-out decoded images")
         accuracy(classify, _by_concept(*draw(clean_models[seeds[0]][0], 78)),
                  f"the clean model's (seed {seeds[0]}) samples of another sampling seed")
-    anchors, _ = draw(clean_models[seeds[0]][0], 7, [B], ANCHORS)
     settings = E.settings_for(args.preset, "default", "on", kind="nightshade")
     k_max = max(round(n_a * c / 100) for c in counts)
     victims = train_x[A][:k_max]
-    poisons = poisoned_images(NS, enc, victims, anchors, settings, f"poison-{args.preset}")
+    pairing, tag = "nearest", args.preset
+    if args.anchors == "samples":
+        anchors, _ = draw(clean_models[seeds[0]][0], 7, [B], ANCHORS)
+    elif args.anchors.startswith("sdedit:"):
+        strength = float(args.anchors.split(":", 1)[1])
+        pairing, tag = "one per image", f"{args.preset}-sdedit{strength:g}"
+        z = M.purify(clean_models[seeds[0]][0], BM.encode(member, victims), strength, steps=DDIM, seed=7, bf16=bf16,
+                     labels=torch.full((k_max,), B, dtype=torch.long), eta=1.0)
+        anchors = BM.decode(member, z)
+    else:
+        raise SystemExit(f"--anchors: samples or sdedit:S, got {args.anchors!r}")
+
+    def read(pics, what):
+        """How the judge reads D(E(pics)): what a model that learned these latents perfectly would draw."""
+        got = classify(BM.decode(member, BM.encode(member, pics)))
+        print(f"  {what}: D(E(x)) read as B {float((got == B).float().mean()):.2f}, as A "
+              f"{float((got == A).float().mean()):.2f}", flush=True)
+
+    read(anchors, f"anchors ({args.anchors})")
+    read(victims, "the clean A images")
+    read(spare_b[:k_max], "the dirty-label B images")
+    poisons = poisoned_images(NS, enc, victims, anchors, settings, f"poison-{tag}", pairing=pairing)
     goal = float(poisons["psnr"].mean())
-    print(f"poison ({args.preset}) of {k_max} A images: PSNR {goal:.2f} dB, nearer their anchor than their original "
-          f"{int(poisons['nearer'].sum())}/{k_max}, latent gain {float(poisons['gain'].mean()):.3f}", flush=True)
+    print(f"poison ({args.preset}, anchors {args.anchors}) of {k_max} A images: PSNR {goal:.2f} dB, nearer their "
+          f"anchor than their original {int(poisons['nearer'].sum())}/{k_max}, latent gain "
+          f"{float(poisons['gain'].mean()):.3f}", flush=True)
+    read(poisons["images"], "poisoned")
     ref = level = None
     if "reference" in wanted:
-        ref, level = reference_poison(E, NS, enc, victims, anchors, goal, "reference")
+        ref, level = reference_poison(E, NS, enc, victims, anchors, goal, f"reference-{tag}", pairing)
         print(f"reference PGD ({level}/255) of the same images: PSNR {float(ref['psnr'].mean()):.2f} dB, nearer "
               f"{int(ref['nearer'].sum())}/{k_max}, latent gain {float(ref['gain'].mean()):.3f}", flush=True)
+        read(ref["images"], "reference")
     decoded = None
     if "decoded" in wanted:
         # the style cloak's method on the poison: the decoded distance mixed in and the flat-area floor 0.5
         # (engine.cloak.KINDS["glaze"]), which moved what a mimic draws most in the mimicry bench
         decoded = poisoned_images(NS, enc, victims, anchors, dataclasses.replace(settings, floor=0.5,
                                                                                  decoded_weight=0.5),
-                                  f"decoded-{args.preset}")
+                                  f"decoded-{tag}", pairing=pairing)
         print(f"poison ({args.preset}, decoded objective, floor 0.5): PSNR {float(decoded['psnr'].mean()):.2f} dB, "
               f"nearer {int(decoded['nearer'].sum())}/{k_max}, latent gain {float(decoded['gain'].mean()):.3f}",
               flush=True)
+        read(decoded["images"], "decoded")
     noisy = noise_like(victims, poisons["psnr"])
     noiseobj = None
     if "noiseobj" in wanted:
         # Nightshade's second formulation against the clean model (seed 0) that drew the anchors, caption A
         predict, sigmas = M.noise_predictor(clean_models[seeds[0]][0], A, bf16)
         predictor = NS.NoisePredictor(predict, sigmas, latent_channels=32, name="the clean miniature model")
-        noiseobj = poisoned_images(NS, enc, victims, anchors, settings, f"noiseobj-{args.preset}", "noise",
-                                   predictor)
+        noiseobj = poisoned_images(NS, enc, victims, anchors, settings, f"noiseobj-{tag}", "noise",
+                                   predictor, pairing)
         print(f"poison ({args.preset}, noise objective): PSNR {float(noiseobj['psnr'].mean()):.2f} dB, nearer "
               f"{int(noiseobj['nearer'].sum())}/{k_max}, latent gain {float(noiseobj['gain'].mean()):.3f}",
               flush=True)
+        read(noiseobj["images"], "noiseobj")
+    if args.screen:
+        return
 
     print(f"\n{'set':10} {'count':>5} {'seed':>4} {'A->B':>8} {'bleed':>8} {'collateral':>10}  own share per concept "
           f"({', '.join(CONCEPTS)})  A's samples classified as each  train s", flush=True)
@@ -331,19 +368,19 @@ def main():
         for seed in seeds:
             if "poisoned" in wanted:
                 score("poisoned", c, seed, *train_on(torch.cat([poisons["images"][:k], train_x[A][k:]]),
-                                                     f"poisoned{c}-{args.preset}", seed))
+                                                     f"poisoned{c}-{tag}", seed))
             if decoded is not None:
                 score("decoded", c, seed, *train_on(torch.cat([decoded["images"][:k], train_x[A][k:]]),
-                                                    f"decoded{c}-{args.preset}", seed))
+                                                    f"decoded{c}-{tag}", seed))
             if noiseobj is not None:
                 score("noiseobj", c, seed, *train_on(torch.cat([noiseobj["images"][:k], train_x[A][k:]]),
-                                                     f"noiseobj{c}-{args.preset}", seed))
+                                                     f"noiseobj{c}-{tag}", seed))
             if "dirty" in wanted:
                 score("dirty", c, seed, *train_on(torch.cat([spare_b[:k], train_x[A][k:]]), f"dirty{c}", seed))
         for seed in seeds[:1]:
             if ref is not None:
                 score("reference", c, seed, *train_on(torch.cat([ref["images"][:k], train_x[A][k:]]),
-                                                      f"reference{c}-{level}", seed))
+                                                      f"reference{c}-{level}-{tag}", seed))
             if "noise" in wanted:
                 score("noise", c, seed, *train_on(torch.cat([noisy[:k], train_x[A][k:]]), f"noise{c}", seed))
     print_summary(rows, seeds)

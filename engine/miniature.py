@@ -331,24 +331,27 @@ def sample(model: MiniUNet, count: int, size: tuple[int, int] = (16, 16), steps:
 
 @torch.no_grad()
 def purify(model: MiniUNet, latents: torch.Tensor, strength: float, steps: int = 40, seed: int = 0,
-           bf16: bool = False) -> torch.Tensor:
+           bf16: bool = False, labels: torch.Tensor | None = None, eta: float = 0.0) -> torch.Tensor:
     """DiffPure in miniature (Nie et al., ICML 2022): noise ``latents`` ``[B, C, h, w]`` (any ``h``, ``w``
     divisible by ``2 ** (levels - 1)``: the network is convolutional) to time ``strength`` (0..1 of this
     model's schedule) and denoise back with DDIM, ``ceil(strength * steps)`` steps; returns latents of the
-    same shape and scale. What a cloak keeps through this is what survives a denoiser that never saw it."""
+    same shape and scale. What a cloak keeps through this is what survives a denoiser that never saw it.
+
+    A class-conditional model needs ``labels`` ``[B]``: the denoising then runs under those captions, which is
+    SDEdit (Meng et al., ICLR 2022), an image redrawn as another concept with its layout kept (the poison bench's
+    per-image anchors). ``eta`` 1 denoises ancestrally."""
     strength = float(strength)
-    if model.config.classes:
-        raise ValueError("purification needs an unconditional model; this one is class-conditional")
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"purification strength must lie in (0, 1], got {strength}")
-    check_latents(latents, None, model.config)
+    check_latents(latents, labels, model.config)
     z = model.normalise(latents.float().to(model.mean.device))
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     eps = torch.randn(z.shape, generator=gen).to(z.device)
     a, s = (v.view(-1, 1, 1, 1) for v in alpha_sigma(torch.full((z.shape[0],), strength, device=z.device),
                                                      model.config.noise_shift))
     n = max(1, math.ceil(strength * steps))
-    out = _ddim(model, a * z + s * eps, torch.linspace(strength, 0.0, n + 1), None, bf16)
+    y = None if labels is None else labels.to(z.device)
+    out = _ddim(model, a * z + s * eps, torch.linspace(strength, 0.0, n + 1), y, bf16, eta=eta, gen=gen)
     return model.denormalise(out).to(latents.dtype)
 
 

@@ -244,14 +244,27 @@ class PoisonPlan:
         return rows
 
 
-def plan_poison(encoder: EncoderEnsemble, padded: torch.Tensor, anchors: torch.Tensor) -> PoisonPlan:
+PAIRINGS = ("nearest", "one per image")
+
+
+def plan_poison(encoder: EncoderEnsemble, padded: torch.Tensor, anchors: torch.Tensor,
+                pairing: str = "nearest") -> PoisonPlan:
     """Encode images and anchors (pixels or latents) on the same grid and pair each image with an anchor.
 
     ``padded``: the images, already checked and padded to the encoder's multiple (a :class:`CloakJob`'s
-    ``padded()``), the encoder prepared."""
+    ``padded()``), the encoder prepared. ``pairing`` ``nearest``: each image gets the anchor nearest its latent;
+    ``one per image``: image i gets anchor i (anchors made from each image, e.g. img2img of it as concept B,
+    which keep its layout, so the poison spends its budget on the concept and not on the layout)."""
+    if pairing not in PAIRINGS:
+        raise ValueError(f"unknown anchor pairing {pairing!r}; choose one of {PAIRINGS}")
     image_lats = encode(encoder, padded)
+    if pairing == "one per image" and anchors.shape[0] != padded.shape[0]:
+        raise ValueError(f"anchor pairing 'one per image' needs one anchor per image: got {anchors.shape[0]} "
+                         f"anchors for {padded.shape[0]} images (or choose pairing 'nearest')")
     anchor_lats = anchor_latents(encoder, anchors, padded.shape[-2:], [z.shape[-2:] for z in image_lats])
     index, dist = pair_anchors(encoder, image_lats, anchor_lats)
+    if pairing == "one per image":
+        index = torch.arange(padded.shape[0])
     return PoisonPlan(encoder, image_lats, anchor_lats, index, dist)
 
 
@@ -272,15 +285,16 @@ def poison(job: CloakJob, plan: PoisonPlan, objective: str = "latent", predictor
 
 def poison_images(images: torch.Tensor, encoder: EncoderEnsemble, anchors: torch.Tensor, settings: CloakSettings,
                   objective: str = "latent", predictor: NoisePredictor | None = None, seed: int = 0,
-                  hooks: Hooks = Hooks()) -> PoisonResult:
+                  hooks: Hooks = Hooks(), pairing: str = "nearest") -> PoisonResult:
     """Poison ``images`` toward ``anchors`` (see the module docstring): the same job NightshadePoison runs."""
     job = CloakJob(images, encoder, settings)
-    return poison(job, plan_poison(job.encoder, job.padded(), anchors), objective, predictor, seed, hooks)
+    return poison(job, plan_poison(job.encoder, job.padded(), anchors, pairing), objective, predictor, seed, hooks)
 
 
-def format_pairing(checks: list[dict], anchors: int) -> str:
+def format_pairing(checks: list[dict], anchors: int, pairing: str = "nearest") -> str:
     """One line per image: the anchor it got and how its latent moved."""
-    lines = [f"anchors ({anchors} given; each image paired with the nearest by latent):"]
+    how = "each image paired with the nearest by latent" if pairing == "nearest" else "image i paired with anchor i"
+    lines = [f"anchors ({anchors} given; {how}):"]
     for i, c in enumerate(checks):
         verdict = "nearer the anchor than the original" if c["nearer_anchor"] else "still nearer the original"
         lines.append(f"image {i}: anchor {c['anchor']}, latent distance to anchor {c['to_anchor_before']:.2f} -> "

@@ -111,6 +111,14 @@ def test_pairing_picks_the_nearest_anchor(ns, encoder, taesd_vae):
     with torch.inference_mode(False):
         plan = engine.nightshade.plan_poison(engine.as_ensemble(encoder), pixels, latents.clone())
     assert plan.pairing.tolist() == [2, 0], plan.pair_distances
+    # one anchor per image (anchors redrawn from each image): image i gets anchor i, whatever is nearest
+    with torch.inference_mode(False):
+        own = engine.nightshade.plan_poison(engine.as_ensemble(encoder), pixels,
+                                            anchors[1:].movedim(-1, 1).clone(), "one per image")
+        assert own.pairing.tolist() == [0, 1] and own.pair_distances.argmin(1).tolist() == [1, 0]
+        with pytest.raises(ValueError, match="one anchor per image"):
+            engine.nightshade.plan_poison(engine.as_ensemble(encoder), pixels, anchors.movedim(-1, 1).clone(),
+                                          "one per image")
 
 
 def test_captions_and_clear_errors(ns, encoder):
