@@ -291,10 +291,9 @@ def poison_images(images: torch.Tensor, encoder: EncoderEnsemble, anchors: torch
     return poison(job, plan_poison(job.encoder, job.padded(), anchors, pairing), objective, predictor, seed, hooks)
 
 
-def format_pairing(checks: list[dict], anchors: int, pairing: str = "nearest") -> str:
+def format_pairing(checks: list[dict], anchors: int) -> str:
     """One line per image: the anchor it got and how its latent moved."""
-    how = "each image paired with the nearest by latent" if pairing == "nearest" else "image i paired with anchor i"
-    lines = [f"anchors ({anchors} given; {how}):"]
+    lines = [f"anchors ({anchors} given; each image paired with the nearest by latent):"]
     for i, c in enumerate(checks):
         verdict = "nearer the anchor than the original" if c["nearer_anchor"] else "still nearer the original"
         lines.append(f"image {i}: anchor {c['anchor']}, latent distance to anchor {c['to_anchor_before']:.2f} -> "
