@@ -28,6 +28,7 @@ cannot be poisoned meaningfully).
 
     .host/venv/bin/python bench/bench_poison.py                       # default preset, counts 10,25,50, seeds 0,1,2
     .host/venv/bin/python bench/bench_poison.py --counts 25 --seeds 0 --sets clean,poisoned,dirty
+    .host/venv/bin/python bench/bench_poison.py --counts 25 --seeds 0 --screen --budget 32 --anchors sdedit:0.6
     .host/venv/bin/python bench/bench_poison.py --quick               # a smoke run (tiny steps), no figure
 
 Poisoned images and trained models are cached in bench/out/poison/ (keyed by the data, the seed and the settings).
@@ -206,6 +207,13 @@ def main():
     ap.add_argument("--sets", default="clean,poisoned,dirty,reference,noise,noiseobj",
                     help="noiseobj: poisoned with the noise objective against the clean model's own denoiser; decoded: "
                          "poisoned with the decoded distance mixed in (0.5) and flat floor 0.5, as the style cloak")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="a custom largest change in 1/255 steps (NightshadePoison's intensity custom, no PSNR "
+                         "floor) in place of --preset: a dose curve")
+    ap.add_argument("--robustness", default="on", help="NightshadePoison's robustness (off, on, strong)")
+    ap.add_argument("--quality", default="default", help="NightshadePoison's render_quality (faster, default, slowest)")
+    ap.add_argument("--floor", type=float, default=None,
+                    help="the adaptive budget's flat-area share in place of NightshadePoison's (0.1); 1 = uniform")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--model", default="small", choices=sorted(MODELS),
                     help="small: width 64, no attention, no guidance (~1.5 min a model); mimic: the mimicry bench's "
@@ -223,8 +231,16 @@ def main():
     ap.add_argument("--screen", action="store_true",
                     help="stop after the poisons: print how the judge reads each poison set's D(E(x')) (what a "
                          "model that learned the poisoned latents perfectly would draw), no poisoned model trained")
+    ap.add_argument("--steer", action="store_true",
+                    help="only measure how far TAEF2's latent can be steered at all: unconstrained Adam on the latent "
+                         "distance (no EOT, no PSNR floor, L-inf caps 8, 32, 255/255) from 8 images of each concept "
+                         "toward 8 line-art latents, the gain and PSNR after 100 and 300 steps")
     args = ap.parse_args()
+    if args.budget is not None:
+        args.preset = f"custom {args.budget:g}/255"
     E = common.load_host().engine
+    if args.steer:
+        return steer(BM.taef2_with_decoder())
     M = BM._engine("miniature")
     NS = BM._engine("nightshade")
     member = BM.taef2_with_decoder()
@@ -297,15 +313,23 @@ def main():
         accuracy(classify, decoded_test, "held-out decoded images")
         accuracy(classify, _by_concept(*draw(clean_models[seeds[0]][0], 78)),
                  f"the clean model's (seed {seeds[0]}) samples of another sampling seed")
-    settings = E.settings_for(args.preset, "default", "on", kind="nightshade")
+    if args.budget is not None:
+        settings = E.settings_for("custom", args.quality, args.robustness, args.budget / 255, kind="nightshade")
+    else:
+        settings = E.settings_for(args.preset, args.quality, args.robustness, kind="nightshade")
+    if args.floor is not None:
+        settings = dataclasses.replace(settings, floor=args.floor)
     k_max = max(round(n_a * c / 100) for c in counts)
     victims = train_x[A][:k_max]
-    pairing, tag = "nearest", args.preset
+    pairing = "nearest"
+    tag = (args.preset if args.budget is None else f"b{args.budget:g}") + "".join(
+        f"-{short}{value}" for short, value, usual in (("r", args.robustness, "on"), ("q", args.quality, "default"),
+                                                       ("f", args.floor, None)) if value != usual)
     if args.anchors == "samples":
         anchors, _ = draw(clean_models[seeds[0]][0], 7, [B], ANCHORS)
     elif args.anchors.startswith("sdedit:"):
         strength = float(args.anchors.split(":", 1)[1])
-        pairing, tag = "one per image", f"{args.preset}-sdedit{strength:g}"
+        pairing, tag = "one per image", f"{tag}-sdedit{strength:g}"
         z = M.purify(clean_models[seeds[0]][0], BM.encode(member, victims), strength, steps=DDIM, seed=7, bf16=bf16,
                      labels=torch.full((k_max,), B, dtype=torch.long), eta=1.0)
         anchors = BM.decode(member, z)
@@ -384,6 +408,36 @@ def main():
             if "noise" in wanted:
                 score("noise", c, seed, *train_on(torch.cat([noisy[:k], train_x[A][k:]]), f"noise{c}", seed))
     print_summary(rows, seeds)
+
+
+def steer(member, caps=(8, 32, 255), steps=(100, 300)):
+    """An upper bound on any latent poison through TAEF2: plain Adam on ||E(x+d) - E(a)|| with only an L-inf cap
+    (no EOT, no PSNR or SSIM floor, pixels clipped to 0..1), 8 images of each non-B concept toward 8 B images
+    (pictures the bench never trains on); prints the latent gain 1 - d'/d and the PSNR."""
+    target = images(CONCEPTS[B], 12, 1)[:8]
+    za = BM.encode(member, target)
+    print(f"{'concept':10} {'cap':>5} {'step':>5} {'gain':>7} {'PSNR':>6}", flush=True)
+    for k, concept in enumerate(CONCEPTS):
+        if k == B:
+            continue
+        x = images(concept, 0, 1)[:8]
+        with torch.no_grad():
+            d0 = (member(x) - za).flatten(1).norm(dim=1)
+        for cap in caps:
+            eps = cap / 255
+            delta = torch.zeros_like(x, requires_grad=True)
+            opt = torch.optim.Adam([delta], lr=eps / 10 if cap < 255 else 0.01)
+            with torch.inference_mode(False), torch.enable_grad():
+                for it in range(1, max(steps) + 1):
+                    xp = (x + delta.clamp(-eps, eps)).clamp(0, 1)
+                    dist = (member(xp) - za).flatten(1).norm(dim=1)
+                    opt.zero_grad()
+                    dist.sum().backward()
+                    opt.step()
+                    if it in steps:
+                        psnr = float((-10 * torch.log10((xp - x).detach().pow(2).flatten(1).mean(1))).mean())
+                        gain = float((1 - dist.detach() / d0).mean())
+                        print(f"{concept:10} {cap:>5} {it:>5} {gain:7.3f} {psnr:6.1f}", flush=True)
 
 
 def _by_concept(pics: torch.Tensor, ys: torch.Tensor) -> list[torch.Tensor]:

@@ -123,7 +123,10 @@ class NightshadePoison(io.ComfyNode):
                         "says which images crossed. Judged by a miniature model trained here on 5 concepts "
                         "(bench/bench_poison.py, 3 seeds): neither default nor high taught it to draw B for A at 25 % "
                         "or 50 % of A's images (mislabelled images did: 0.19 / 0.53); the poison made its A worse. "
-                        "Not measured on SD or FLUX models.",
+                        "The reason is the encoder: TAEF2's latent barely steers (at 32 dB even an unconstrained "
+                        "optimisation moves it 0.37-0.50 of the way to another concept's), so on TAEF2 no budget "
+                        "an artist would accept teaches B. The method targets encoders that small changes move "
+                        "far (SD's VAE); not measured on SD or FLUX models.",
             inputs=[
                 io.Image.Input("image", tooltip="Your images of concept A (a batch: each image is poisoned on its own)."),
                 CloakEncoder.Input("encoder", tooltip="From LoadVAEEncoder: the VAE(s) of the models to poison. "
