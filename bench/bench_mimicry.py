@@ -318,17 +318,20 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
     summary = []
     for name in artists:
         x, t = artist_sources(name, sources)
-        sets = cloaked_sets(E, enc, x, t, os.path.join(OUT, f"{name}-cloaks"), faster=bool(only and "faster" in only))
-        print(f"{name}: mean PSNR ours {sets['psnr']['cloaked']:.2f} dB, reference {sets['psnr']['reference']:.2f}, "
-              f"noise {sets['psnr']['noise']:.2f}"
-              + (f", faster {sets['psnr']['faster']:.2f}" if "faster" in sets else ""), flush=True)
-        pictures = {"clean": x, "cloaked": sets["cloaked"], "reference": sets["reference"], "noise": sets["noise"],
-                    "target": t, **({"faster": sets["faster"]} if "faster" in sets else {})}
-        purify = purifier(member, purifier_strength)
-        pictures.update({f"cloaked+{k}": v for k, v in scraped(E, sets["cloaked"], purify, resize).items()})
-        if purify is not None:
-            # the purifier's own pull on the clean set: what the cloak kept is cloaked+purified minus this
-            pictures["clean+purified"] = purify(x)
+        pictures = {"clean": x, "target": t}
+        if not only or any(k not in pictures for k in only):  # a clean or target model alone needs no cloak
+            sets = cloaked_sets(E, enc, x, t, os.path.join(OUT, f"{name}-cloaks"),
+                                faster=bool(only and "faster" in only))
+            print(f"{name}: mean PSNR ours {sets['psnr']['cloaked']:.2f} dB, reference "
+                  f"{sets['psnr']['reference']:.2f}, noise {sets['psnr']['noise']:.2f}"
+                  + (f", faster {sets['psnr']['faster']:.2f}" if "faster" in sets else ""), flush=True)
+            pictures.update({"cloaked": sets["cloaked"], "reference": sets["reference"], "noise": sets["noise"],
+                             **({"faster": sets["faster"]} if "faster" in sets else {})})
+            purify = purifier(member, purifier_strength)
+            pictures.update({f"cloaked+{k}": v for k, v in scraped(E, sets["cloaked"], purify, resize).items()})
+            if purify is not None:
+                # the purifier's own pull on the clean set: what the cloak kept is cloaked+purified minus this
+                pictures["clean+purified"] = purify(x)
         latents = {k: encode(member, M.crops(v, M.MIMIC_CROP, M.MIMIC_CROP // 2)) for k, v in pictures.items()}
         print(f"{name}: {latents['clean'].shape[0]} crops a set", flush=True)
         scorer = Scorer(M, judge, decode(member, latents["clean"]), decode(member, latents["target"]))
@@ -377,7 +380,7 @@ def print_summary(summary, seeds):
             spread = max([abs(shares[(k, a)][m] - shares[(k, b)][m]) for k in ("clean", "cloaked") for a in seeds
                           for b in seeds if (k, a) in shares and (k, b) in shares] or [float("nan")])
             ref = shift.get("reference", 0.0)
-            ratio = shift["cloaked"] / ref if abs(ref) > 1e-9 else float("nan")
+            ratio = shift["cloaked"] / ref if "cloaked" in shift and abs(ref) > 1e-9 else float("nan")
             clean = [shares[("clean", s)][m] for s in seeds if ("clean", s) in shares]
             kept = ""
             if "cloaked+purified" in shift and "clean+purified" in shift:

@@ -29,6 +29,7 @@ cannot be poisoned meaningfully).
     .host/venv/bin/python bench/bench_poison.py                       # default preset, counts 10,25,50, seeds 0,1,2
     .host/venv/bin/python bench/bench_poison.py --counts 25 --seeds 0 --sets clean,poisoned,dirty
     .host/venv/bin/python bench/bench_poison.py --counts 25 --seeds 0 --screen --budget 32 --anchors sdedit:0.6
+    .host/venv/bin/python bench/bench_poison.py --steer [taesana]    # how far an encoder's latent steers at all
     .host/venv/bin/python bench/bench_poison.py --quick               # a smoke run (tiny steps), no figure
 
 Poisoned images and trained models are cached in bench/out/poison/ (keyed by the data, the seed and the settings).
@@ -231,8 +232,9 @@ def main():
     ap.add_argument("--screen", action="store_true",
                     help="stop after the poisons: print how the judge reads each poison set's D(E(x')) (what a "
                          "model that learned the poisoned latents perfectly would draw), no poisoned model trained")
-    ap.add_argument("--steer", action="store_true",
-                    help="only measure how far TAEF2's latent can be steered at all: unconstrained Adam on the latent "
+    ap.add_argument("--steer", nargs="?", const="taef2", default=None, metavar="ENCODER",
+                    help="only measure how far an encoder's latent (taef2, or taesana) can be steered at all: "
+                         "unconstrained Adam on the latent "
                          "distance (no EOT, no PSNR floor, L-inf caps 8, 32, 255/255) from 8 images of each concept "
                          "toward 8 line-art latents, the gain and PSNR after 100 and 300 steps")
     args = ap.parse_args()
@@ -240,7 +242,7 @@ def main():
         args.preset = f"custom {args.budget:g}/255"
     E = common.load_host().engine
     if args.steer:
-        return steer(BM.taef2_with_decoder())
+        return steer(common.tae(args.steer))
     M = BM._engine("miniature")
     NS = BM._engine("nightshade")
     member = BM.taef2_with_decoder()
@@ -411,7 +413,7 @@ def main():
 
 
 def steer(member, caps=(8, 32, 255), steps=(100, 300)):
-    """An upper bound on any latent poison through TAEF2: plain Adam on ||E(x+d) - E(a)|| with only an L-inf cap
+    """An upper bound on any latent poison through ``member`` (TAEF2 unless asked): plain Adam on ||E(x+d) - E(a)|| with only an L-inf cap
     (no EOT, no PSNR or SSIM floor, pixels clipped to 0..1), 8 images of each non-B concept toward 8 B images
     (pictures the bench never trains on); prints the latent gain 1 - d'/d and the PSNR."""
     target = images(CONCEPTS[B], 12, 1)[:8]
