@@ -234,15 +234,15 @@ def main():
                          "model that learned the poisoned latents perfectly would draw), no poisoned model trained")
     ap.add_argument("--steer", nargs="?", const="taef2", default=None, metavar="ENCODER",
                     help="only measure how far an encoder's latent (taef2, or taesana) can be steered at all: "
-                         "unconstrained Adam on the latent "
-                         "distance (no EOT, no PSNR floor, L-inf caps 8, 32, 255/255) from 8 images of each concept "
-                         "toward 8 line-art latents, the gain and PSNR after 100 and 300 steps")
+                         "unconstrained Adam on the latent distance (no EOT, no PSNR floor, L-inf caps 8, 32, 255/255) "
+                         "from 8 images of each concept toward 8 line-art latents, the gain and PSNR after 100 and "
+                         "300 steps")
     args = ap.parse_args()
     if args.budget is not None:
         args.preset = f"custom {args.budget:g}/255"
     E = common.load_host().engine
     if args.steer:
-        return steer(common.tae(args.steer))
+        return steer(E, common.tae(args.steer))
     M = BM._engine("miniature")
     NS = BM._engine("nightshade")
     member = BM.taef2_with_decoder()
@@ -315,10 +315,8 @@ def main():
         accuracy(classify, decoded_test, "held-out decoded images")
         accuracy(classify, _by_concept(*draw(clean_models[seeds[0]][0], 78)),
                  f"the clean model's (seed {seeds[0]}) samples of another sampling seed")
-    if args.budget is not None:
-        settings = E.settings_for("custom", args.quality, args.robustness, args.budget / 255, kind="nightshade")
-    else:
-        settings = E.settings_for(args.preset, args.quality, args.robustness, kind="nightshade")
+    settings = E.settings_for(args.preset if args.budget is None else "custom", args.quality, args.robustness,
+                              None if args.budget is None else args.budget / 255, kind="nightshade")
     if args.floor is not None:
         settings = dataclasses.replace(settings, floor=args.floor)
     k_max = max(round(n_a * c / 100) for c in counts)
@@ -412,10 +410,10 @@ def main():
     print_summary(rows, seeds)
 
 
-def steer(member, caps=(8, 32, 255), steps=(100, 300)):
-    """An upper bound on any latent poison through ``member`` (TAEF2 unless asked): plain Adam on ||E(x+d) - E(a)|| with only an L-inf cap
-    (no EOT, no PSNR or SSIM floor, pixels clipped to 0..1), 8 images of each non-B concept toward 8 B images
-    (pictures the bench never trains on); prints the latent gain 1 - d'/d and the PSNR."""
+def steer(E, member, caps=(8, 32, 255), steps=(100, 300)):
+    """An upper bound on any latent poison through ``member`` (TAEF2 unless asked): plain Adam on ||E(x+d) - E(a)||
+    with only an L-inf cap (no EOT, no PSNR or SSIM floor, pixels clipped to 0..1), 8 images of each non-B concept
+    toward 8 B images (pictures the bench never trains on); prints the latent gain 1 - d'/d and the PSNR."""
     target = images(CONCEPTS[B], 12, 1)[:8]
     za = BM.encode(member, target)
     print(f"{'concept':10} {'cap':>5} {'step':>5} {'gain':>7} {'PSNR':>6}", flush=True)
@@ -437,8 +435,8 @@ def steer(member, caps=(8, 32, 255), steps=(100, 300)):
                     dist.sum().backward()
                     opt.step()
                     if it in steps:
-                        psnr = float((-10 * torch.log10((xp - x).detach().pow(2).flatten(1).mean(1))).mean())
-                        gain = float((1 - dist.detach() / d0).mean())
+                        psnr = float(E.psnr(xp.detach(), x).mean())
+                        gain = float(E.target_gain(d0, dist.detach()).mean())
                         print(f"{concept:10} {cap:>5} {it:>5} {gain:7.3f} {psnr:6.1f}", flush=True)
 
 
