@@ -46,7 +46,9 @@ import devset
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "mimicry")
 SOURCES = 24                     # pictures per artist, 256² each
-SAMPLES, DDIM = 128, 40
+# 512 samples: with 128 the fit check's own sampling noise was 0.15-0.17 of the gap on flat, painting and photo
+# (the fit of 128 crops drawn from the training set itself; 0.07-0.08 at 512), most of the 0.25 it allows
+SAMPLES, DDIM = 512, 40
 
 
 PHOTOS = ("coffee", "rocket", "chelsea", "astronaut", "immunohistochemistry", "colorwheel")
@@ -296,9 +298,17 @@ class Scorer:
     def fit(self, feats, own) -> dict:
         return {m: self.M.fit_ratio(feats[m], own[m], *self.ref[m]) for m in self.measures}
 
+    def floor(self, own, count: int, draws: int = 10) -> dict:
+        """The fit a perfect memoriser would show with ``count`` samples: ``count`` crops drawn (with replacement,
+        seeded) from the training set itself, mean over ``draws``; the fit check's own sampling noise."""
+        g = torch.Generator().manual_seed(0)
+        picks = [torch.randint(next(iter(own.values())).shape[0], (count,), generator=g) for _ in range(draws)]
+        return {m: sum(self.M.fit_ratio(own[m][i], own[m], *self.ref[m]) for i in picks) / draws
+                for m in self.measures}
+
 
 def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, resize=False, quick=False,
-                  sources=SOURCES, only=None, guidance=None):
+                  sources=SOURCES, only=None, guidance=None, samples=SAMPLES):
     """Train on the clean, cloaked, reference, noise and target sets, and on the scraped cloaked sets (same seed,
     same data order); print where each model's samples lie between the artist and the target, its fit to its own
     training set, and the perfect-mimic share (D(E(x')) of the set itself, no training)."""
@@ -308,13 +318,13 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
     config = M.MiniConfig(channels=32, **M.MIMIC_CONFIG)
     guidance = M.MIMIC_GUIDANCE if guidance is None else guidance
     sources = 4 if quick else sources
-    samples = 16 if quick else SAMPLES
+    samples = 16 if quick else samples
     print(f"\n== shift: target share of each model's samples (0 = the artist's decoded crops, 1 = the target's); "
           f"{sources} sources of 256² per artist -> crops of {M.MIMIC_CROP}² at stride {M.MIMIC_CROP // 2}; {steps} "
           f"steps, batch 32, "
           f"{samples} samples, {DDIM} ancestral DDIM steps, autoguidance {guidance}; fit = samples' distance "
           f"to their own training set / artist-to-target "
-          f"(passes <= 0.25); purified: miniature purifier at strength {purifier_strength} ==", flush=True)
+          f"(passes <= 0.25; floor = the fit of {samples} crops drawn from the training set itself); purified: miniature purifier at strength {purifier_strength} ==", flush=True)
     summary = []
     for name in artists:
         x, t = artist_sources(name, sources)
@@ -336,8 +346,8 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
         print(f"{name}: {latents['clean'].shape[0]} crops a set", flush=True)
         scorer = Scorer(M, judge, decode(member, latents["clean"]), decode(member, latents["target"]))
         ms = list(scorer.measures)
-        print(f"{'set':18} {'seed':>4} " + " ".join(f"{m + ' mimic':>14} {m + ' trained':>14} {m + ' fit':>10}"
-                                                     for m in ms) + "  train s", flush=True)
+        print(f"{'set':18} {'seed':>4} " + " ".join(f"{m + ' mimic':>14} {m + ' trained':>14} {m + ' fit':>10} "
+                                                     f"{'floor':>6}" for m in ms) + "  train s", flush=True)
         shares = {}
         # the comparison first (clean, cloaked, reference), then the seed spread, then the scraper's rows, then the
         # controls: a run cut short still has the figures that matter most (every model is cached as it finishes)
@@ -356,10 +366,11 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
             own = scorer.features(decode(member, z))  # the perfect mimic of this set
             got = scorer.features(out)
             mimic, share, fit = scorer.share(own), scorer.share(got), scorer.fit(got, own)
+            floor = scorer.floor(own, samples)
             shares[(label, seed)] = share
             ok = all(v <= 0.25 for v in fit.values())
-            print(f"{label:18} {seed:>4} " + " ".join(f"{mimic[m]:14.3f} {share[m]:14.3f} {fit[m]:10.3f}"
-                                                     for m in ms)
+            print(f"{label:18} {seed:>4} " + " ".join(f"{mimic[m]:14.3f} {share[m]:14.3f} {fit[m]:10.3f} "
+                                                     f"{floor[m]:6.3f}" for m in ms)
                   + f"  {sec:7.0f}{'' if ok else '  FIT FAILS'}", flush=True)
         summary.append((name, ms, shares))
     print_summary(summary, seeds)
@@ -407,6 +418,8 @@ def main():
                     "quality faster) is cloaked and trained only when named")
     ap.add_argument("--guidance", type=float, default=None, help="autoguidance when sampling (default: the "
                     "mimic's own, engine.miniature.MIMIC_GUIDANCE); models are cached, so this only samples again")
+    ap.add_argument("--samples", type=int, default=SAMPLES, help="samples drawn from each model (the fit check's "
+                    "own noise shrinks with more: its floor column says how much of a fit is that noise)")
     ap.add_argument("--quick", action="store_true", help="4 sources, 16 samples (a smoke run, not a figure)")
     args = ap.parse_args()
     E = common.load_host().engine
@@ -414,7 +427,7 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 {M.bf16_is_fast('cpu')}")
     section_shift(E, M, args.artists.split(","), args.steps, [int(s) for s in args.seeds.split(",")],
                   args.seed_sets.split(","), args.purifier_strength, args.resize, args.quick,
-                  args.sources, [k for k in args.sets.split(",") if k], args.guidance)
+                  args.sources, [k for k in args.sets.split(",") if k], args.guidance, args.samples)
 
 
 if __name__ == "__main__":
