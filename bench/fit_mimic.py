@@ -36,13 +36,9 @@ def floors(member, M, judge, artists):
         train = pixels(member, M, x[:8])
         scorer = B.Scorer(M, judge, train, pixels(member, M, t[:8]))
         own, held = scorer.features(train), scorer.features(pixels(member, M, x[8:]))
-        g = torch.Generator().manual_seed(0)
         for n in (128, 256, 512, 1024):
-            fits = {}
-            for what, feats in (("training set", own), ("other pictures", held)):
-                draws = [scorer.fit({m: f[torch.randint(len(f), (n,), generator=g)] for m, f in feats.items()}, own)
-                         for _ in range(20)]
-                fits[what] = " / ".join(f"{sum(d[m] for d in draws) / 20:.3f}" for m in own)
+            fits = {what: " / ".join(f"{v:.3f}" for v in scorer.floor(own, n, 20, pool).values())
+                    for what, pool in (("training set", own), ("other pictures", held))}
             print(f"{name:9} {n:5} crops from the training set: fit {fits['training set']}; from the artist's other "
                   f"pictures: {fits['other pictures']}  ({' / '.join(own)})", flush=True)
 
