@@ -207,21 +207,35 @@ def gaussian_at(x: torch.Tensor, rmse: float, seed: int) -> torch.Tensor:
     return quantise(x + noise * rmse / float(noise.pow(2).mean().sqrt()))
 
 
-def cloaked_sets(E, enc, x, t, cache: str, faster: bool = False) -> dict:
+def variant_settings(E, names) -> dict:
+    """Set name -> the cloak settings of each extra cloaked set asked for: "faster" (GlazePerturb at render quality
+    faster) or ``name:key=value:...`` (the default with those CloakSettings fields changed, as bench_fast spells
+    it, e.g. ``style:decoded_style=0.25``)."""
+    import bench_fast
+    base, out = E.settings_for("default", "default", "on"), {}
+    for spec in names:
+        name = spec.split(":")[0]
+        if name == "faster":
+            out[name] = E.settings_for("default", "faster", "on")
+        elif ":" in spec:
+            import dataclasses
+            out[name] = dataclasses.replace(base, **bench_fast.changes(base, spec))
+    return out
+
+
+def cloaked_sets(E, enc, x, t, cache: str, extra: dict | None = None) -> dict:
     """The artist's sources cloaked three ways, cached per picture (``cache`` is a folder; an interrupted run keeps
     what it finished): GlazePerturb's engine path at default (robustness on), the plain reference PGD at the
     8-bit L∞ level whose PSNR is nearest each cloak's own (no EOT; :func:`matched_reference`), and Gaussian noise
-    at each cloak's own PSNR; plus the mean PSNR of each. ``faster``: also GlazePerturb at render quality faster
-    (set "faster", kept in the same cache file under its own settings)."""
+    at each cloak's own PSNR; plus the mean PSNR of each. ``extra``: set name -> settings of more cloaks of the
+    same pictures (:func:`variant_settings`), kept in the same cache file under their own settings."""
     import glaze_eval as G
     os.makedirs(cache, exist_ok=True)
-    sets = {"cloaked": [], "reference": [], "noise": []}
-    if faster:
-        sets["faster"] = []
+    extra = extra or {}
+    sets = {"cloaked": [], "reference": [], "noise": [], **{k: [] for k in extra}}
     psnr = {k: [] for k in sets}
     start = time.perf_counter()
     settings = E.settings_for("default", "default", "on")
-    fast_settings = E.settings_for("default", "faster", "on")
     for i in range(x.shape[0]):
         xi, ti = x[i:i + 1], t[i:i + 1]
         # keyed by the picture, its target and the default's settings: a changed default cloaks afresh
@@ -244,10 +258,11 @@ def cloaked_sets(E, enc, x, t, cache: str, faster: bool = False) -> dict:
             done = {"cloaked": ours, "reference": ref, "noise": noisy, "level": level, "nearest": True,
                     "gain": (rep["target_gain"], ref_rep["target_gain"])}
             torch.save(done, path)
-        if faster and done.get("faster_settings") != repr(fast_settings):
-            done["faster"] = G.cloak(E, enc, xi, ti, fast_settings)[0]
-            done["faster_settings"] = repr(fast_settings)
-            torch.save(done, path)
+        for name, extra_settings in extra.items():
+            if done.get(f"{name}_settings") != repr(extra_settings):
+                done[name] = G.cloak(E, enc, xi, ti, extra_settings)[0]
+                done[f"{name}_settings"] = repr(extra_settings)
+                torch.save(done, path)
         for k in sets:
             sets[k].append(done[k])
             psnr[k].append(float(E.psnr(done[k], xi)[0]))
@@ -321,6 +336,8 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
     guidance = M.MIMIC_GUIDANCE if guidance is None else guidance
     sources = 4 if quick else sources
     samples = 16 if quick else samples
+    extra = variant_settings(E, only or [])
+    only = [k.split(":")[0] for k in only] if only else only
     print(f"\n== shift: target share of each model's samples (0 = the artist's decoded crops, 1 = the target's); "
           f"{sources} sources of 256² per artist -> crops of {M.MIMIC_CROP}² at stride {M.MIMIC_CROP // 2}; {steps} "
           f"steps, batch 32, "
@@ -333,13 +350,11 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
         x, t = artist_sources(name, sources)
         pictures = {"clean": x, "target": t}
         if not only or any(k not in pictures for k in only):  # a clean or target model alone needs no cloak
-            sets = cloaked_sets(E, enc, x, t, os.path.join(OUT, f"{name}-cloaks"),
-                                faster=bool(only and "faster" in only))
+            sets = cloaked_sets(E, enc, x, t, os.path.join(OUT, f"{name}-cloaks"), extra)
             print(f"{name}: mean PSNR ours {sets['psnr']['cloaked']:.2f} dB, reference "
                   f"{sets['psnr']['reference']:.2f}, noise {sets['psnr']['noise']:.2f}"
-                  + (f", faster {sets['psnr']['faster']:.2f}" if "faster" in sets else ""), flush=True)
-            pictures.update({"cloaked": sets["cloaked"], "reference": sets["reference"], "noise": sets["noise"],
-                             **({"faster": sets["faster"]} if "faster" in sets else {})})
+                  + "".join(f", {k} {sets['psnr'][k]:.2f}" for k in extra), flush=True)
+            pictures.update({k: sets[k] for k in ("cloaked", "reference", "noise", *extra)})
             purify = purifier(member, purifier_strength)
             pictures.update({f"cloaked+{k}": v for k, v in scraped(E, sets["cloaked"], purify, resize).items()})
             if purify is not None:
@@ -354,7 +369,7 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
         shares = {}
         # the comparison first (clean, cloaked, reference), then the seed spread, then the scraper's rows, then the
         # controls: a run cut short still has the figures that matter most (every model is cached as it finishes)
-        first = [k for k in ("clean", "cloaked", "reference", "faster") if k in latents]
+        first = [k for k in ("clean", "cloaked", "reference", *extra) if k in latents]
         rest = sorted((k for k in latents if k not in first), key=lambda k: not k.startswith(("cloaked+", "clean+")))
         order = [(k, seeds[0]) for k in first] + [(k, s) for s in seeds[1:] for k in latents if k in seed_sets] \
             + [(k, seeds[0]) for k in rest]
@@ -418,7 +433,8 @@ def main():
                     "~100 s per 256² picture for the cloak and the reference on 2 CPU cores)")
     ap.add_argument("--sets", default="", help="train only these sets, comma-separated (default: every set): "
                     "e.g. clean,cloaked,reference when the time is short; 'faster' (GlazePerturb at render "
-                    "quality faster) is cloaked and trained only when named")
+                    "quality faster) or a variant NAME:key=value:... (the default with those CloakSettings fields "
+                    "changed, e.g. style:decoded_style=0.25) is cloaked and trained only when named")
     ap.add_argument("--guidance", type=float, default=None, help="autoguidance when sampling (default: the "
                     "mimic's own, engine.miniature.MIMIC_GUIDANCE); models are cached, so this only samples again")
     ap.add_argument("--samples", type=int, default=SAMPLES, help="samples drawn from each model (the fit check's "

@@ -178,7 +178,8 @@ def section_estimate(E, sizes, steps_at):
         est._PROBES.clear()  # as a fresh process would: the probe is part of what a first run pays
         with torch.enable_grad():
             estimate = E.CloakJob(x, enc, s).plan(free_bytes())
-        probed = est.probe(enc, precision=s.precision, decoded=s.decoded_weight > 0)
+        probed = est.probe(enc, precision=s.precision, decoded=s.decoded_weight + s.decoded_style > 0,
+                             styled=s.decoded_style > 0)
         target = E.make_style_target(enc, t, "per_image", E.padder(size, size, enc.multiple))
         n = steps_at(size)
         stamps = []

@@ -39,8 +39,9 @@ def variants(E):
     """name -> the settings GlazePerturb's engine path runs with; 'reference' (plain L∞ sign PGD at the 8-bit level
     nearest the 'latent' variant's PSNR) is handled apart."""
     base = E.settings_for("default", "default", "on")
-    latent = dataclasses.replace(base, floor=0.1, decoded_weight=0.0)  # the default until 2026-12-01
+    latent = dataclasses.replace(base, floor=0.1, decoded_weight=0.0, decoded_style=0.0)  # default until 2026-12-01
     out = {"default": base, "latent": latent, "reference": None,
+           "nostyle": dataclasses.replace(base, decoded_style=0.0),  # the default 2026-12-01 .. 2026-12-04
            "nossim": dataclasses.replace(latent, min_ssim=None),
            "robust-off": dataclasses.replace(latent, robustness="off", roundtrip_p=0.0)}
     for f in (0.3, 0.5, 1.0):

@@ -96,21 +96,26 @@ _PROBES: dict[tuple, Probe] = {}  # by encoder name (weights fingerprint), devic
 
 
 def probe(encoder, side: int = PROBE_SIDE, precision: str = "fp32", time_side: int = TIME_PROBE_SIDE,
-          decoded: bool = False) -> Probe:
+          decoded: bool = False, styled: bool = False) -> Probe:
     """Measure ``encoder`` (an EncoderEnsemble): the bytes kept for backward on a grey ``side``² probe, the time of
     a pass on a ``time_side``² one (both at least its ``min_size``), its passes in ``precision``
     (engine.precision); measured once per encoder, device and precision (the cost per pixel does not change
     between runs). ``decoded``: each pass also decodes the latent (the decoded objective,
-    engine.objectives.DecodedLatentMatch), for members that carry their decoder."""
+    engine.objectives.DecodedLatentMatch), for members that carry their decoder; ``styled``: and runs the encoder's
+    style layers on the decoded picture (its ``style`` term), for members that have them."""
     from .precision import autocast_members, resolve
     m = max(1, int(encoder.multiple))
     side, time_side = (-(-max(int(s_), int(encoder.min_size)) // m) * m for s_ in (side, time_side))
     device = encoder.members[0].device
     members = autocast_members(encoder.members, precision, device)
     if decoded:
-        members = [(lambda x, m_=m_: m_.decode(m_(x))) if m_.decode is not None else m_ for m_ in members]
+        from .objectives import style_stack
+        stacks = [style_stack(m_.module) if styled else None for m_ in encoder.members]
+        members = [m_ if m_.decode is None else (lambda x, m_=m_: m_.decode(m_(x))) if net is None else
+                   (lambda x, m_=m_, net=net: net(m_.decode(m_(x)).to(next(net.parameters()).dtype)))
+                   for m_, net in zip(members, stacks)]
     key = (encoder.name, str(device), tuple(str(x.dtype) for x in encoder.members), side, time_side,
-           str(resolve(precision, device)), bool(decoded))
+           str(resolve(precision, device)), bool(decoded), bool(decoded and styled))
     if key not in _PROBES:
         _PROBES[key] = Probe(_saved_bytes(members, side, device) / side ** 2,
                              _pass_seconds(members, time_side, device) / time_side ** 2)

@@ -101,8 +101,9 @@ class CloakJob:
         (ValueError, saying what to do) a job that cannot fit even in 64 px tiles."""
         s, ph, pw, b = self.settings, *self.padded_size, self.images.shape[0]
         shared = self.device.type == "cpu"  # the batch's copies live in CPU memory: on a CPU, beside the work
-        decoded = s.decoded_weight > 0 and any(m.decode is not None for m in self.encoder.members)
-        probed = probe(self.encoder, precision=s.precision, decoded=decoded)
+        decoded = s.decoded_weight + s.decoded_style > 0 \
+            and any(m.decode is not None for m in self.encoder.members)
+        probed = probe(self.encoder, precision=s.precision, decoded=decoded, styled=s.decoded_style > 0)
         if decoded and s.decoded_every > 1:  # the decoder runs on one pass in decoded_every (its memory on each)
             plain = probe(self.encoder, precision=s.precision)
             probed = dataclasses.replace(probed, seconds_per_pixel=plain.seconds_per_pixel + (
@@ -154,9 +155,10 @@ class CloakJob:
         s, padded = self.settings, self.pad(x)
         tiles = plan_tiles(*self.padded_size, self.tile, s.margin, self.encoder.multiple) if self.tile else []
         objective = make_objective(i, padded)
-        if s.decoded_weight > 0 and type(objective) is LatentMatch \
+        if s.decoded_weight + s.decoded_style > 0 and type(objective) is LatentMatch \
                 and any(m.decode is not None for m in objective.encoder.members):
-            objective = DecodedLatentMatch(objective.encoder, objective.targets, s.decoded_weight, s.decoded_every)
+            objective = DecodedLatentMatch(objective.encoder, objective.targets, s.decoded_weight, s.decoded_every,
+                                           s.decoded_style)
         if tiles and not objective.tileable:
             logging.info("cloak: %s cannot be tiled; image %d runs whole", type(objective).__name__, i)
             tiles = []

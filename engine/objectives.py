@@ -298,13 +298,21 @@ class DecodedLatentMatch(LatentMatch):
     """
 
     def __init__(self, encoder: EncoderEnsemble, targets: Sequence[torch.Tensor], weight: float = 0.5,
-                 every: int = 1):
+                 every: int = 1, style: float = 0.0):
         super().__init__(encoder, targets)
         if not 0 <= weight <= 1:
             raise ValueError(f"decoded weight must lie in [0, 1], got {weight}")
+        if not 0 <= style <= 1 - weight:
+            raise ValueError(f"decoded style weight must lie in [0, 1 - decoded weight], got {style}")
         if int(every) < 1:
             raise ValueError(f"the decoded term's refresh interval must be at least 1 pass, got {every}")
         self.weight = float(weight)
+        # ``style`` > 0: a third term, the distance between feature statistics (channel means and Gram matrices of
+        # the member's own encoder layers STYLE_LAYERS) of the decoded latent and of the decoded target: the
+        # texture a model that learns the latents draws, in Gatys et al.'s sense of style
+        self.style = float(style)
+        self._style_start: torch.Tensor | None = None  # [B, M]: that distance at the start
+        self._style_targets: dict = {}
         # ``every`` > 1: the decoder runs on one unwarped pass in ``every`` per place; the passes between reuse that
         # pass's gradient of the decoded term with respect to the latent (a first-order model of it), so a step
         # costs an encoder pass alone there. Warped draws always decode.
@@ -332,42 +340,111 @@ class DecodedLatentMatch(LatentMatch):
         """Member, place and pass kind (shape, dtype, device, autocast): what a kept decode is valid for."""
         return k, where, tuple(z.shape), z.dtype, str(z.device), torch.is_autocast_enabled(z.device.type)
 
-    def decoded_sq(self, k: int, decode, z: torch.Tensor, t: torch.Tensor, where=None,
-                   reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-        """``reduce(|D(z) - D(t)|²)`` per image (``reduce`` of the decoded squared difference ``[B, 3, H·f, W·f]``
-        to ``[B]``; default: its sum), exact or, between refreshes (``every`` > 1, unwarped places only), as the
-        last exact pass's value plus its gradient times the change in ``z`` since then."""
-        reduce = reduce or (lambda d: d.flatten(1).sum(1))
+    def style_net(self, k: int):
+        """Member ``k``'s encoder layers up to the deepest of STYLE_LAYERS, or None (no style term for it): a
+        TAESD-family ``nn.Sequential`` whose first layer takes the 3 pixel channels."""
+        return None if self.style == 0 else style_stack(self.encoder.members[k].module)
+
+    def style_stats(self, k: int, pixels: torch.Tensor, core=None) -> list[torch.Tensor]:
+        """Per image, channel means and centred Gram matrices of member ``k``'s STYLE_LAYERS on ``pixels`` (0..1);
+        ``core`` (rows, columns) in pixels: the statistics of that window of each layer only."""
+        net, out, h = self.style_net(k), [], pixels.to(dtype=next(self.style_net(k).parameters()).dtype)
+        for i, layer in enumerate(net):
+            h = layer(h)
+            if i in STYLE_LAYERS:
+                f = h
+                if core is not None:
+                    sc = pixels.shape[-2] // h.shape[-2]
+                    f = f[..., core[0].start // sc:core[0].stop // sc, core[1].start // sc:core[1].stop // sc]
+                st = latent_stats_per_image(f)
+                out += [st["mean"], st["gram"].flatten(1)]
+            if i >= max(STYLE_LAYERS):
+                return out
+
+    def decoded_terms(self, k: int, decode, z: torch.Tensor, t: torch.Tensor, where=None,
+                      core: tuple[slice, slice] | None = None) -> torch.Tensor:
+        """``[B, 2]``: the decoded squared distance ``|D(z) - D(t)|²`` (summed over ``core``, latent rows and
+        columns, or everything) and the squared style distance (0 without a style term), exact or, between refreshes
+        (``every`` > 1, unwarped places only), as the last exact pass's values plus their gradients times the
+        change in ``z`` since then."""
+        styled = self.style_net(k) is not None
+
+        def exact(zz):
+            dz = decode(zz)
+            dt = self.decoded_target(k, decode, t, zz, where)
+            f = dz.shape[-2] // zz.shape[-2]
+            pix = None if core is None else (slice(core[0].start * f, core[0].stop * f),
+                                             slice(core[1].start * f, core[1].stop * f))
+            diff = (dz - dt).float().pow(2)
+            sq = (diff if pix is None else diff[..., pix[0], pix[1]]).flatten(1).sum(1)
+            if not styled:
+                return torch.stack([sq, torch.zeros_like(sq)], 1)
+            mine = self.style_stats(k, dz, pix)
+            theirs = self.style_target(k, decode, dt, zz, where, pix)
+            sty = sum((a.float() - b.float()).pow(2).sum(1) for a, b in zip(mine, theirs))
+            return torch.stack([sq, sty], 1)
+
         if where is None or self.every == 1:
-            return reduce((decode(z) - self.decoded_target(k, decode, t, z, where)).float().pow(2))
+            return exact(z)
         key = self._pass_key(k, where, z)
         got = self._linear.get(key)
         if got is not None and got[0] < self.every:
-            passes, value, grad, z_then = got
-        else:  # refresh: the exact value and its gradient at this latent
+            passes, value, grads, z_then = got
+        else:  # refresh: the exact values and their gradients at this latent
             passes, z_then = 0, z.detach().requires_grad_(True)
             with torch.enable_grad():
-                sq = reduce((decode(z_then) - self.decoded_target(k, decode, t, z, where)).float().pow(2))
-                (grad,) = torch.autograd.grad(sq.sum(), z_then)
-            value, grad, z_then = sq.detach(), grad.detach(), z_then.detach()
-        self._linear[key] = (passes + 1, value, grad, z_then)
-        return value + (grad * (z - z_then)).flatten(1).sum(1)
+                v = exact(z_then)
+                grads = [torch.autograd.grad(v[:, j].sum(), z_then, retain_graph=j == 0)[0].detach()
+                         if styled or j == 0 else torch.zeros_like(z_then) for j in range(2)]
+            value, z_then = v.detach(), z_then.detach()
+        self._linear[key] = (passes + 1, value, grads, z_then)
+        step = z - z_then
+        return value + torch.stack([(g * step).flatten(1).sum(1) for g in grads], 1)
+
+    def style_target(self, k: int, decode, dt: torch.Tensor, z: torch.Tensor, where, pix) -> list[torch.Tensor]:
+        """The style statistics of the decoded target ``dt``, kept per place and pass kind like its decode."""
+        if where is None:
+            with torch.no_grad():
+                return self.style_stats(k, dt, pix)
+        key = self._pass_key(k, where, z)
+        got = self._style_targets.get(key)
+        if got is None:
+            with torch.no_grad():
+                got = self._style_targets[key] = self.style_stats(k, dt, pix)
+        return got
 
     def calibrate(self, pixels: torch.Tensor, encoder: EncoderEnsemble | None = None) -> None:
         super().calibrate(pixels, encoder)
-        self._decoded_targets, self._linear = {}, {}
-        cols = []
+        self._decoded_targets, self._linear, self._style_targets = {}, {}, {}
+        cols, styles = [], []
+        ones = torch.ones(pixels.shape[0], device=self.start.device)
         with torch.no_grad():
             for k, m in enumerate((encoder or self.encoder).members):
                 dec = self.encoder.members[k].decode
                 if dec is None:
-                    cols.append(torch.ones(pixels.shape[0], device=self.start.device))
+                    cols.append(ones)
+                    styles.append(ones)
                     continue
                 z = self.original_latents[k]
                 t = self.target_for(k, z, None)
-                d = (decode_in_tiles(dec, z) - decode_in_tiles(dec, t)).flatten(1).norm(dim=1)
-                cols.append(d.to(self.start.device))
+                dz, dt = decode_in_tiles(dec, z), decode_in_tiles(dec, t)
+                cols.append((dz - dt).flatten(1).norm(dim=1).to(self.start.device))
+                if self.style_net(k) is None:
+                    styles.append(ones)
+                    continue
+                sty = sum((a - b).pow(2).sum(1) for a, b in zip(self.style_stats(k, dz), self.style_stats(k, dt)))
+                styles.append(sty.sqrt().to(self.start.device))
         self._decoded_start = torch.stack(cols, 1).clamp_min(1e-8)
+        self._style_start = torch.stack(styles, 1).clamp_min(1e-8)
+
+    def mix(self, k: int, lat_sq: torch.Tensor, terms: torch.Tensor, device) -> torch.Tensor:
+        """The normalised loss of member ``k``: latent, decoded and style squared distances, each over its start."""
+        rest = 1 - self.weight - (self.style if self.style_net(k) is not None else 0.0)
+        out = rest * lat_sq / self.start[:, k].to(device) ** 2
+        out = out + self.weight * terms[:, 0] / self._decoded_start[:, k].to(device) ** 2
+        if self.style_net(k) is not None:
+            out = out + self.style * terms[:, 1] / self._style_start[:, k].to(device) ** 2
+        return out
 
     def training_distances(self, pixels: torch.Tensor, warp: Warp | None = None,
                            encoder: EncoderEnsemble | None = None) -> torch.Tensor:
@@ -377,24 +454,47 @@ class DecodedLatentMatch(LatentMatch):
             z = m(pixels)
             lat = self.member_distance(k, z, warp)
             dec_fn = m.decode
-            if dec_fn is None or self.weight == 0:
+            if dec_fn is None or (self.weight == 0 and self.style_net(k) is None):
                 cols.append(lat)
                 continue
-            dec = self.decoded_sq(k, dec_fn, z, self.target_for(k, z, warp), None if warp else "whole").clamp_min(0).sqrt()
-            scale = (self.start[:, k] / self._decoded_start[:, k]).to(z.device)
-            cols.append(((1 - self.weight) * lat ** 2 + self.weight * (dec * scale) ** 2).add(1e-12).sqrt())
+            terms = self.decoded_terms(k, dec_fn, z, self.target_for(k, z, warp), None if warp else "whole")
+            mixed = self.mix(k, lat ** 2, terms.clamp_min(0), z.device)
+            cols.append((mixed.clamp_min(0) + 1e-12).sqrt() * self.start[:, k].to(z.device))
         return torch.stack(cols, 1)
 
     def tile_term(self, k, member, z, t, core, where=None):
         term = super().tile_term(k, member, z, t, core, where)
-        if member.decode is None or self.weight == 0:
+        if member.decode is None or (self.weight == 0 and self.style_net(k) is None):
             return term
-        def core_sum(d):
-            f = d.shape[-2] // z.shape[-2]
-            return d[..., core[0].start * f:core[0].stop * f, core[1].start * f:core[1].stop * f].flatten(1).sum(1)
+        terms = self.decoded_terms(k, member.decode, z, t, where, core)
+        if self.style_net(k) is not None:  # a tile's statistics stand for its share of the whole image's
+            h, w = self.original_latents[k].shape[-2:]
+            area = (core[0].stop - core[0].start) * (core[1].stop - core[1].start) / (h * w)
+            terms = torch.stack([terms[:, 0], terms[:, 1] * area], 1)
+        return self.mix(k, term * self.start[:, k].to(z.device) ** 2, terms, z.device)
 
-        dsq = self.decoded_sq(k, member.decode, z, t, where, core_sum)
-        return (1 - self.weight) * term + self.weight * dsq / self._decoded_start[:, k].to(z.device) ** 2
+
+# the layers of a TAESD-family encoder whose statistics make DecodedLatentMatch's style term: the residual blocks
+# ending the full-, half- and quarter-resolution stages of TAESD/TAEF2's encoders (64 channels each)
+STYLE_LAYERS = (1, 5, 9)
+
+
+def style_stack(net) -> torch.nn.Sequential | None:
+    """An encoder network's layers up to the deepest of STYLE_LAYERS, or None where it has no such layers (not a
+    TAESD-family ``nn.Sequential`` from the 3 pixel channels, e.g. a ComfyUI VAE's encoder): no style term there."""
+    if not isinstance(net, torch.nn.Sequential) or len(net) <= max(STYLE_LAYERS):
+        return None
+    first = net[0]
+    return net[:max(STYLE_LAYERS) + 1] if isinstance(first, torch.nn.Conv2d) and first.in_channels == 3 else None
+
+
+def latent_stats_per_image(f: torch.Tensor) -> dict:
+    """Channel mean ``[B, C]`` and centred Gram matrix ``[B, C, C]`` (normalised by h*w) of each image."""
+    b, c = f.shape[:2]
+    f = f.reshape(b, c, -1).float()
+    mean = f.mean(-1)
+    centred = f - mean[..., None]
+    return {"mean": mean, "gram": centred @ centred.transpose(1, 2) / f.shape[-1]}
 
 
 class LatentStyleStats(EnsembleObjective):

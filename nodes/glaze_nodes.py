@@ -20,7 +20,7 @@ class GlazePerturb(io.ComfyNode):
                         "encoder sees toward the target style, so a LoRA trained on it learns that style "
                         "instead of yours. With an encoder that carries its decoder (e.g. TAEF2 with its "
                         "*_decoder file), it also pulls the decoded latent, the picture such a model would draw, "
-                        "toward the target (about 2.7x the time per step).",
+                        "and that picture's texture statistics toward the target (about 3.8x the time per step).",
             inputs=[
                 io.Image.Input("image", tooltip="The artwork to cloak (a batch: each image gets its own cloak)."),
                 CloakEncoder.Input("encoder", tooltip="From LoadVAEEncoder: the model(s) to cloak against."),
@@ -31,10 +31,11 @@ class GlazePerturb(io.ComfyNode):
                                  tooltip="Advanced. On (default since 2026-12-01): where the encoder carries its "
                                          "decoder (e.g. TAEF2 with its *_decoder file), the cloak also pulls the "
                                          "decoded latent, the picture a model trained on your art would draw, "
-                                         "toward the target: measured on TAEF2 it moved that picture's style 1.2x "
-                                         "(TAESANA features) to 3.8x (pixel statistics) as far as plain PGD, at "
-                                         "about 2.7x the time. Off: the latent distance alone (faster; no effect "
-                                         "for encoders without a decoder)."),
+                                         "toward the target, and (since 2026-12-05) that picture's texture "
+                                         "statistics in the encoder's own features: measured on TAEF2 it moved "
+                                         "that picture's style 1.4x (TAESANA features) to 4x (pixel statistics) "
+                                         "as far as plain PGD, at about 3.8x the time. Off: the latent distance "
+                                         "alone (faster; no effect for encoders without a decoder)."),
             ],
             outputs=[
                 io.Image.Output(display_name="cloaked", tooltip="The cloaked artwork, on 8-bit levels: save it as PNG "

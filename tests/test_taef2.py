@@ -144,18 +144,19 @@ def test_a_cloak_on_taef2_beats_equal_psnr_noise_and_the_reference_loop(comfy_ho
     # the latent objective with flat floor 0.1: GlazePerturb's default until 2026-12-01, what the README's latent
     # tables measured: about the reference's clean gain (0.98x on the development set), well above it once the
     # image has been through JPEG q75 (1.38x there)
-    latent_img, latent = run(dataclasses.replace(default, floor=0.1, decoded_weight=0.0))
+    latent_img, latent = run(dataclasses.replace(default, floor=0.1, decoded_weight=0.0, decoded_style=0.0))
     assert latent["psnr"] >= ref["psnr"] - 0.05
     assert gain(latent_img) > 0.9 * gain(ref_img), (gain(latent_img), gain(ref_img))
     assert gain(jpeg(latent_img, 75)) > 1.2 * gain(jpeg(ref_img, 75)), (gain(jpeg(latent_img, 75)),
                                                                          gain(jpeg(ref_img, 75)))
-    # today's default trades a little latent gain for what a mimic draws (the decoded objective): still far above
-    # equal-PSNR noise, near the reference's clean gain and ahead of it after JPEG
+    # today's default trades latent gain for what a mimic draws (the decoded objective and, since 2026-12-05, its
+    # style term: 0.86x the reference's clean gain before that term, 0.67x with it here): still far above
+    # equal-PSNR noise, and ahead of the reference after JPEG
     ours_img, ours = run(default)
     assert ours["psnr"] >= ref["psnr"] - 0.05
     noise = gain(equal_psnr_noise(x, ours_img))
     assert gain(ours_img) > 0.15 and gain(ours_img) > 5 * max(noise, 0.01), (gain(ours_img), noise)
-    assert gain(ours_img) > 0.8 * gain(ref_img), (gain(ours_img), gain(ref_img))
+    assert gain(ours_img) > 0.6 * gain(ref_img), (gain(ours_img), gain(ref_img))
     assert gain(jpeg(ours_img, 75)) > 1.2 * gain(jpeg(ref_img, 75)), (gain(jpeg(ours_img, 75)),
                                                                        gain(jpeg(ref_img, 75)))
 
@@ -172,8 +173,9 @@ def test_the_decoded_objective_moves_what_a_perfect_mimic_draws_further(comfy_ho
     x = photo("coffee", 96)
     style = (torch.round(F.avg_pool2d(x, 4).repeat_interleave(4, -1).repeat_interleave(4, -2) * 3) / 3)
     target = E.make_style_target(enc, style, "per_image", E.padder(96, 96, 8))
-    base = dataclasses.replace(E.settings_for("default", "faster", "on"), steps=24)
-    assert base.decoded_weight == 0.5 and E.settings_for(kind="nightshade").decoded_weight == 0.0
+    base = dataclasses.replace(E.settings_for("default", "faster", "on"), steps=24, decoded_style=0.0)
+    assert E.settings_for().decoded_weight == 0.5 and E.settings_for(kind="nightshade").decoded_weight == 0.0
+    assert E.settings_for().decoded_style == 0.25 and E.settings_for(kind="nightshade").decoded_style == 0.0
     with torch.no_grad():
         dt = member.decode(target.latents[0])
         start = float((member.decode(member(x)) - dt).norm())
@@ -186,6 +188,47 @@ def test_the_decoded_objective_moves_what_a_perfect_mimic_draws_further(comfy_ho
     (lat_only, rep0), (mixed, rep5) = out[0.0], out[0.5]
     assert mixed < lat_only - 0.02, (mixed, lat_only)
     assert rep5["target_gain"] > 0.1 and abs(rep5["psnr"] - rep0["psnr"]) < 1.5, (rep5, rep0)
+
+
+def test_the_decoded_style_term_moves_the_texture_a_perfect_mimic_draws_further(comfy_host):
+    """The style term (engine.objectives.DecodedLatentMatch ``style``, CloakSettings.decoded_style): with it the
+    feature statistics (means and Gram matrices of TAEF2's own STYLE_LAYERS) of the picture a perfect mimic draws,
+    D(E(x')), end nearer the decoded target's than with the decoded term alone, at about the same PSNR."""
+    need(TAEF2_ENC, TAEF2_DEC)
+    import dataclasses
+    import importlib
+    E = comfy_host.pack.engine
+    O = importlib.import_module(E.__name__ + ".objectives")
+    member = tae_encoder(TAEF2_ENC)
+    enc = E.as_ensemble(member)
+    x = photo("coffee", 96)
+    style = (torch.round(F.avg_pool2d(x, 4).repeat_interleave(4, -1).repeat_interleave(4, -2) * 3) / 3)
+    target = E.make_style_target(enc, style, "per_image", E.padder(96, 96, 8))
+    base = dataclasses.replace(E.settings_for("default", "faster", "on"), steps=24, decoded_weight=0.5)
+    stack = O.style_stack(member.module)
+
+    def stats(pixels):
+        out, h = [], pixels
+        with torch.no_grad():
+            for i, layer in enumerate(stack):
+                h = layer(h)
+                if i in O.STYLE_LAYERS:
+                    st = O.latent_stats_per_image(h)
+                    out += [st["mean"].flatten(), st["gram"].flatten()]
+        return torch.cat(out)
+
+    with torch.no_grad():
+        st = stats(member.decode(target.latents[0]))
+        start = float((stats(member.decode(member(x))) - st).norm())
+    out = {}
+    for s in (0.0, 0.25):
+        with torch.enable_grad():
+            res = E.cloak_images(x, enc, E.glaze_objectives(enc, target), dataclasses.replace(base, decoded_style=s))
+        with torch.no_grad():
+            out[s] = (float((stats(member.decode(member(res.images))) - st).norm()) / start, res.reports[0])
+    (plain, rep0), (styled, rep1) = out[0.0], out[0.25]
+    assert styled < plain - 0.02, (styled, plain)
+    assert rep1["target_gain"] > 0.1 and abs(rep1["psnr"] - rep0["psnr"]) < 1.5, (rep1, rep0)
 
 
 def test_glaze_workflow_runs_on_taef2_through_the_server(server):

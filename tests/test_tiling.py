@@ -279,6 +279,71 @@ def test_a_decoded_term_refreshed_every_third_pass_is_exact_then_and_first_order
     assert len(calls) == 2
 
 
+def style_encoder():
+    """A TAESD-shaped local encoder (an ``nn.Sequential`` from 3 pixel channels, deeper than the style layers), so
+    DecodedLatentMatch's style term has layers to take statistics of; with the local decoder beside it."""
+    import dataclasses as dc
+    torch.manual_seed(2)
+    c = torch.nn.Conv2d
+    layers = [c(3, 8, 3, 1, 1), torch.nn.ReLU(), c(8, 8, 3, 2, 1), torch.nn.ReLU(), c(8, 8, 3, 1, 1),
+              torch.nn.ReLU(), c(8, 8, 3, 2, 1), torch.nn.ReLU(), c(8, 8, 3, 1, 1), torch.nn.ReLU(),
+              c(8, 8, 3, 2, 1), c(8, 4, 3, 1, 1)]
+    net = torch.nn.Sequential(*layers).requires_grad_(False)
+    member = dc.replace(E.module_encoder(net, "styled", multiple=8, min_size=16, scale_to_signed=False),
+                        decode=local_decoder(), module=net)
+    return E.EncoderEnsemble([member]), member, net
+
+
+def test_the_decoded_style_term_mixes_feature_statistics_of_the_decoded_latent():
+    """``style`` s: the loss is (1 - w - s) latent + w decoded + s style, each over its start (1.0 at the start), the
+    style term being the squared distance between channel means and Gram matrices of the encoder's STYLE_LAYERS on
+    the decoded latent and on the decoded target; the latent distances (the report's gain) stay; weights past 1
+    are refused; an encoder without such layers keeps the latent and decoded terms alone."""
+    O = importlib.import_module(E.__name__ + ".objectives")
+    enc, member, net = style_encoder()
+    x = torch.rand(1, 3, 64, 80, generator=torch.Generator().manual_seed(0))
+    other = torch.rand(1, 3, 64, 80, generator=torch.Generator().manual_seed(5)).pow(3)
+    t = member(other)
+    obj = E.DecodedLatentMatch(enc, [t], 0.5, style=0.3)
+    no_style = E.DecodedLatentMatch(enc, [t], 0.5)
+    obj.calibrate(x), no_style.calibrate(x)
+    assert float(obj.loss(x)) == pytest.approx(1.0, rel=1e-5)
+    y = 0.6 * x + 0.4 * other
+
+    def stats(pixels):
+        out, h = [], pixels
+        for i, layer in enumerate(net):
+            h = layer(h)
+            if i in O.STYLE_LAYERS:
+                f = h.flatten(2)
+                c = f - f.mean(-1, keepdim=True)
+                out.append(torch.cat([f.mean(-1).flatten(), (c @ c.transpose(1, 2) / f.shape[-1]).flatten()]))
+        return torch.cat(out)
+
+    dec = member.decode
+    sty = float(((stats(dec(member(y))) - stats(dec(t))).norm() / (stats(dec(member(x))) - stats(dec(t))).norm()) ** 2)
+    lat = float(E.LatentMatch(enc, [t]).distances(y)[0, 0] / obj.start[0, 0]) ** 2
+    d = float((dec(member(y)) - dec(t)).norm() / (dec(member(x)) - dec(t)).norm()) ** 2
+    assert float(obj.loss(y)) == pytest.approx(0.2 * lat + 0.5 * d + 0.3 * sty, rel=1e-4)
+    assert float(no_style.loss(y)) == pytest.approx(0.5 * lat + 0.5 * d, rel=1e-4)
+    assert abs(sty - d) > 0.01 and abs(sty - lat) > 0.01  # the three terms differ: the check tells them apart
+    assert torch.allclose(obj.distances(y), no_style.distances(y))
+    yg = y.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(obj.loss(yg).sum(), yg)
+    assert torch.isfinite(g).all() and float(g.abs().sum()) > 0
+    lazy = E.DecodedLatentMatch(enc, [t], 0.5, every=3, style=0.3)
+    lazy.calibrate(x)
+    assert float(lazy.loss(y)) == pytest.approx(float(obj.loss(y)), rel=1e-5)  # a refresh pass is exact
+    with pytest.raises(ValueError, match="style weight"):
+        E.DecodedLatentMatch(enc, [t], 0.5, style=0.6)
+    plain_enc = E.EncoderEnsemble([dataclasses.replace(local_encoder().members[0], decode=local_decoder())])
+    shallow = E.DecodedLatentMatch(plain_enc, [plain_enc.members[0](other)], 0.5, style=0.3)
+    shallow.calibrate(x)
+    ref = E.DecodedLatentMatch(plain_enc, [plain_enc.members[0](other)], 0.5)
+    ref.calibrate(x)
+    assert float(shallow.loss(y)) == pytest.approx(float(ref.loss(y)), rel=1e-6)
+
+
 def test_decoding_in_tiles_equals_the_whole_decode_where_the_margin_covers_the_decoder():
     O = importlib.import_module(E.__name__ + ".objectives")
     dec = local_decoder()
@@ -314,7 +379,7 @@ def test_a_cloak_with_a_decoder_runs_the_decoded_objective_in_tiles():
     assert len(tiled) == 2 * 16 and len(decodes) - len(tiled) == 2 and lazy.reports[0]["target_gain"] > 0.01
     decodes.clear()
     with torch.enable_grad():
-        plain = E.cloak_images(x, enc, E.glaze_objectives(enc, target), dc.replace(s, decoded_weight=0.0))
+        plain = E.cloak_images(x, enc, E.glaze_objectives(enc, target), dc.replace(s, decoded_weight=0.0, decoded_style=0.0))
     assert not decodes and not torch.equal(plain.images, mixed.images)
 
 
@@ -329,7 +394,7 @@ def test_the_estimate_counts_the_decoder_on_one_pass_in_decoded_every(monkeypatc
     x = torch.rand(1, 3, 128, 128)
     s = dc.replace(E.settings_for("default", "default", "on"), steps=40)
     every = {n: E.CloakJob(x, enc, dc.replace(s, decoded_every=n)).plan(8 * 2 ** 30) for n in (1, 4)}
-    plain = E.CloakJob(x, enc, dc.replace(s, decoded_weight=0.0)).plan(8 * 2 ** 30)
+    plain = E.CloakJob(x, enc, dc.replace(s, decoded_weight=0.0, decoded_style=0.0)).plan(8 * 2 ** 30)
     assert every[4].seconds == pytest.approx(plain.seconds * 1.5, rel=1e-6)  # 1 + (3 - 1) / 4 in probe units
     assert every[1].seconds == pytest.approx(plain.seconds * 3, rel=1e-6)
     assert every[4].peak_bytes == every[1].peak_bytes > plain.peak_bytes

@@ -36,7 +36,7 @@ def test_a_cloak_starts_from_the_encoders_warm_start_only_where_asked_and_carrie
     ens = E.as_ensemble(member)
     target = E.make_style_target(ens, style, "per_image", E.padder(64, 64, 8))
     s = dc.replace(E.settings_for("default", "faster", "off"), steps=1, lr=1e-6, lr_final=1e-6, min_ssim=None,
-                   decoded_weight=0.0)
+                   decoded_weight=0.0, decoded_style=0.0)
     torch.manual_seed(0)
     net = W.WarmStart(channels=4, factor=8, hidden=8)
     with torch.no_grad():
