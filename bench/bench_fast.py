@@ -54,7 +54,10 @@ def changes(settings, spec: str) -> dict:
             continue
         if key not in {f.name for f in dataclasses.fields(settings)}:
             raise SystemExit(f"{spec}: {key!r} is not a CloakSettings field")
-        out[key] = parse_value(value)
+        value = parse_value(value)
+        if isinstance(getattr(settings, key), float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # decoded_style=0 is the same setting (and cache key) as decoded_style=0.0
+        out[key] = value
     return out
 
 
