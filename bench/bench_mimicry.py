@@ -27,7 +27,10 @@ its own training set's, in units of the artist-to-target distance; a model passe
     .host/venv/bin/python bench/bench_mimicry.py --quick --artists flat --steps 50  # a smoke run, no figure
     .host/venv/bin/python bench/bench_mimicry.py --artists flat,painting --sources 8 --seeds 0 \
         --sets clean,cloaked,reference                                            # the comparison only
-    .host/venv/bin/python bench/bench_mimicry.py --artists flat --sources 8 --seeds 0 --guidance 1.5  # resample
+    .host/venv/bin/python bench/bench_mimicry.py --artists flat --sources 8 --seeds 0 --sets clean,cloaked,reference \
+        --steps 3000 --guidance 1.5 --sampler-steps 100  # flat colour: the sampling its clean model fits best
+    .host/venv/bin/python bench/bench_mimicry.py --artists photo --sources 8 --seeds 0 --sets clean,cloaked,reference \
+        --steps 3000                                             # photo's clean model fits at 3000 steps
 
 Cloaked sets and trained models are cached in bench/out/mimicry/ (keyed by the data, the seed and the settings).
 """
