@@ -1,8 +1,8 @@
 """Shared fixtures: ComfyUI in-process (node tests) and a real ComfyUI server (end-to-end tests).
 
 The host is the unmodified ComfyUI 0.3.75 that `bash scripts/setup_host.sh` builds in `.host/`. It goes
-first on sys.path: `python -m pytest` puts the repo root on the path, whose `nodes/` package would
-otherwise shadow ComfyUI's `nodes.py`. CPU is forced before anything imports `comfy.model_management`
+first on sys.path and its `nodes.py` is imported here, before pytest can put the clone's root (whose `nodes/`
+package would shadow it) ahead of it. CPU is forced before anything imports `comfy.model_management`
 (set CLOAK_TEST_GPU=1 to let ComfyUI pick a GPU). Tests using the `server` fixture are marked `e2e`
 and run last.
 """
@@ -33,6 +33,13 @@ if os.path.isfile(os.path.join(HOST, "main.py")):
     # main.py imports the `utils` package before `nodes`; nodes.py then puts comfy/ first on sys.path,
     # after which `utils` would resolve to comfy/utils.py and break comfy_extras/nodes_images.py.
     import utils.extra_config  # noqa: F401
+    # ComfyUI's nodes.py, imported now, while the host leads sys.path: pytest later imports the pack's root
+    # __init__.py as a package, and for a clone whose folder name is no identifier (ComfyUI-Cloak, tmp.Ab12Cd) it
+    # puts the clone's root first on sys.path to do so; a later `import nodes` would then find the pack's nodes/
+    import nodes as _comfy_nodes
+
+    if os.path.dirname(os.path.abspath(_comfy_nodes.__file__)) != os.path.abspath(HOST):
+        raise RuntimeError(f"`import nodes` found {_comfy_nodes.__file__}, not ComfyUI's nodes.py in {HOST}")
 
 
 def _require_host() -> None:

@@ -249,6 +249,25 @@ def test_the_style_cloak_and_the_poison_keep_their_own_method_settings():
         E.settings_for(kind="poison")
 
 
+def test_without_native_bf16_every_preset_and_path_runs_fp32(monkeypatch):
+    """On a CPU without AVX512-BF16/AMX (detection patched to "absent"), every preset of both kinds, the default
+    options and the autocast wrapper resolve to float32: nothing the pack runs by default emulates bf16."""
+    precision = sys.modules["cloak_engine_standalone.precision"]
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    for kind in E.cloak.KINDS:
+        for intensity in list(E.INTENSITY) + ["custom"]:
+            for quality in E.RENDER_QUALITY:
+                options = E.CloakOptions(intensity=intensity, render_quality=quality, kind=kind)
+                assert precision.resolve(options.settings().precision, "cpu") == torch.float32, (kind, intensity,
+                                                                                                  quality)
+        assert precision.resolve(E.settings_for(kind=kind).precision, "cpu") == torch.float32
+    members = [toy_encoder().members[0]]
+    assert precision.autocast_members(members, "auto", "cpu") == members  # no Autocast wrapper
+    assert precision.precision_context("auto", "cpu").__class__.__name__ == "nullcontext"
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)  # the check can fail: with bf16, auto is bf16
+    assert precision.resolve(E.CloakOptions().settings().precision, "cpu") == torch.bfloat16
+
+
 def test_lpips_budget_explains_missing_weights():
     try:
         import lpips  # noqa: F401
