@@ -16,10 +16,20 @@ Sections (``--sections``, comma-separated; default all, in this order):
               at ``--estimate-sizes`` (default 512,1024,2048).
   batch       8 development images at 512² in one cloak_images call (one queued run of a folder) against 8
               calls made one at a time, each with its own style target and cost estimate as a queued run has.
+  vae         the full-size VAE architectures users load (scripts/full_vaes.py: SD1.5, SDXL, SD3, FLUX.1, FLUX.2
+              shapes from ComfyUI's own classes, random weights: time and memory only, never protection) through
+              LoadVAEEncoder's adapter with their decoders, GlazePerturb's default settings (decoded objective
+              and style term, robustness on, automatic tiles and precision) at ``--vae-sizes`` (512,1024):
+              seconds per step, fixed seconds, peak memory (CPU RSS), and the up-front estimate of the 100-step
+              cloak against fixed + 100 x per step (``--vae-steps`` steps run; ``--archs``).
+  vae_seams   the tiled against the whole cloak of one 512² picture through the SD1.5-shaped VAE (tiles of 256,
+              ``--vae-steps`` steps, decoded objective on): the change's energy at the tile borders over the rest
+              (engine.tiling.border_energy_ratio, 1.0 = no seam) for both. Random weights: mechanics only.
 
     .host/venv/bin/python bench/bench_scale.py --sections scale --models taef2
     .host/venv/bin/python bench/bench_scale.py --sections protection --sizes 1024 --variants full,fast
     .host/venv/bin/python bench/bench_scale.py --sections estimate
+    .host/venv/bin/python bench/bench_scale.py --sections vae --archs sd15,sdxl,sd3,flux1,flux2 --vae-sizes 512,1024
 
 Run one bench at a time (2 shared cores): figures are ratios within one run.
 """
@@ -28,12 +38,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import time
 
 import torch
 
 import common
 import devset
+
+sys.path.insert(0, os.path.join(common.ROOT, "scripts"))  # full_vaes
 import glaze_eval as G
 
 SCALE_SIZES = (512, 1024, 2048, 4096)
@@ -147,11 +160,59 @@ def partial_step(E, enc, x, k):
     return sec / k, len(plan), mem.peak_mib
 
 
-def sd_encoder(E):
+def sd_encoder(E, arch: str = "sd15", keep_decoder: bool = False):
+    """A full-size VAE architecture with random weights (scripts/full_vaes.py) through the pack's VAE adapter."""
     import importlib
-    vae = common.random_sd_vae()
+    import full_vaes
     adapters = importlib.import_module("ComfyUI-Cloak.nodes.comfy_adapters")
-    return adapters.vae_encoder(vae, "fp32")
+    return adapters.vae_encoder(full_vaes.build_vae(arch), "fp32", keep_decoder=keep_decoder)
+
+
+# ------------------------------------------------------------------------------------------------------ vae
+def section_vae(E, archs, sizes, steps):
+    print(f"\n== vae: full-size VAE architectures (random weights: time and memory only), GlazePerturb default "
+          f"(decoded objective + style term, robustness on, auto tiles/precision), {steps} steps run ==")
+    print(f"{'arch':6} {'size':>6} {'tiles':>5} {'s/step':>8} {'fixed s':>8} {'peak GiB':>8} {'est GiB':>7} "
+          f"{'measured 100-step':>17} {'estimated':>9} {'est/meas':>8}")
+    for arch in archs:
+        enc = E.as_ensemble(sd_encoder(E, arch, keep_decoder=True))
+        for size in sizes:
+            x, t = images_at(size, ("photo_astronaut",))
+            s = settings(E, precision="auto")
+            with torch.enable_grad():
+                estimate = E.CloakJob(x, enc, s).plan(free_bytes())
+            target = E.make_style_target(enc, t, "per_image", E.padder(size, size, enc.multiple))
+            stamps = []
+            with common.PeakMemory(enc.members[0].device) as mem, torch.enable_grad():
+                job = E.CloakJob(x, enc, dataclasses.replace(s, steps=steps))
+                job.plan(free_bytes())
+                start = time.perf_counter()
+                res = job.run(E.glaze_objectives(enc, target), 0,
+                              E.Hooks(on_step=lambda *a: stamps.append(time.perf_counter())))
+                total = time.perf_counter() - start
+            per_step = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else total
+            fixed = total - per_step * len(stamps)
+            measured = fixed + s.steps * per_step
+            print(f"{arch:6} {size:>5}² {res.reports[0]['tiles']:>5} {per_step:8.1f} {fixed:8.1f} "
+                  f"{mem.peak_mib / 1024:8.2f} {estimate.peak_bytes / 2**30:7.2f} {measured / 60:15.0f} min "
+                  f"{estimate.seconds / 60:7.0f} min {estimate.seconds / measured:8.2f}", flush=True)
+        del enc
+
+
+def section_vae_seams(E, steps):
+    enc = E.as_ensemble(sd_encoder(E, "sd15", keep_decoder=True))
+    x, t = images_at(512, ("photo_astronaut",))
+    target = E.make_style_target(enc, t, "per_image", E.padder(512, 512, enc.multiple))
+    out = {}
+    for name, tile in (("whole", -1), ("tiled", 256)):
+        s = settings(E, precision="auto", steps=steps, tile=tile)
+        with torch.enable_grad():
+            res = E.cloak_images(x, enc, E.glaze_objectives(enc, target), s)
+        out[name] = (border_ratio(res.images - x, 256), res.reports[0])
+    print(f"\n== vae_seams: SD1.5-shaped VAE (random weights), 512², {steps} steps, decoded objective on ==")
+    for name, (ratio, rep) in out.items():
+        print(f"{name:6} tiles {rep['tiles']:>2}: border/inner change energy {ratio:.2f}, PSNR {rep['psnr']:.2f}, "
+              f"target gain {rep['target_gain']:.3f}")
 
 
 # ------------------------------------------------------------------------------------------------- estimate
@@ -301,6 +362,9 @@ def main():
     ap.add_argument("--batch-steps", type=int, default=20)
     ap.add_argument("--estimate-sizes", default="512,1024,2048")
     ap.add_argument("--estimate-steps", default="12,8,6", help="steps run per size in the estimate section")
+    ap.add_argument("--archs", default="sd15,sdxl,sd3,flux1,flux2", help="full VAE architectures (vae section)")
+    ap.add_argument("--vae-sizes", default="512,1024")
+    ap.add_argument("--vae-steps", type=int, default=2, help="steps run per size in the vae sections")
     args = ap.parse_args()
     torch.manual_seed(0)
     E = common.load_host().engine
@@ -321,6 +385,10 @@ def main():
         section_estimate(E, sizes, lambda size: steps.get(size, 6))
     if "batch" in sections:
         section_batch(E, args.batch_steps)
+    if "vae" in sections:
+        section_vae(E, args.archs.split(","), [int(v) for v in args.vae_sizes.split(",")], args.vae_steps)
+    if "vae_seams" in sections:
+        section_vae_seams(E, args.vae_steps)
 
 
 if __name__ == "__main__":

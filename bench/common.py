@@ -63,27 +63,6 @@ def taesd_vae():
     return nodes.VAELoader().load_vae("taesd")[0]
 
 
-def random_sd_vae(seed: int = 0):
-    """The full-size SD1.x VAE architecture (ComfyUI's AutoencoderKL) with random weights, as a ComfyUI VAE."""
-    import torch
-    import comfy.sd
-    from comfy.ldm.models.autoencoder import AutoencoderKL
-    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
-                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
-    model = AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for k, v in model.state_dict().items():
-        if k.endswith("weight") and v.ndim > 1:
-            fan_in = v[0].numel()
-            sd[k] = torch.randn(v.shape, generator=g) * (1.0 / fan_in) ** 0.5
-        elif "norm" in k and k.endswith("weight"):
-            sd[k] = torch.ones(v.shape)
-        else:
-            sd[k] = torch.zeros(v.shape)
-    return comfy.sd.VAE(sd=sd)
-
-
 def photos(size: int, count: int):
     """``count`` real photos as ``[N, 3, size, size]`` crops (scikit-image's bundled photos held out from the
     TAESD's training: coffee and rocket; then others), deterministic."""

@@ -330,6 +330,17 @@ def protection_warning(reports: list[dict], typical_gain: float | None = None) -
     return "; ".join(parts) or None
 
 
+def mimic_text(report: dict) -> str:
+    """The perfect-mimic part of a report line (engine.perfect_mimic), '' where the encoder has no decoder."""
+    share = report.get("mimic_share")
+    if share is None:
+        return ""
+    if not math.isfinite(share):
+        return "; perfect mimic: no style gap between the original's and the target's decoded pictures to measure"
+    return (f"; perfect mimic (what a model trained on it through this encoder would draw, pixel style): "
+            f"{share:.2f} of the way from the original's picture to the target's")
+
+
 def format_report(reports: list[dict], title: str, notes: list[str] | None = None,
                   typical_gain: float | None = None) -> str:
     """A short human-readable report, one line per image. When any image went out unprotected (or only weakly
@@ -345,7 +356,7 @@ def format_report(reports: list[dict], title: str, notes: list[str] | None = Non
         shrunk = (f", in {r['tiles']} tiles" if r.get("tiles", 1) > 1 else "") + shrunk
         lines.append(f"image {i}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}, target gain "
                      f"{r['target_gain']:.3f}, max change {r['linf_255']:.0f}/255, {r['steps']} steps, "
-                     f"{r['seconds']:.1f} s{shrunk}")
+                     f"{r['seconds']:.1f} s{shrunk}" + mimic_text(r))
     return "\n\n".join(lines)  # blank lines: ComfyUI's Preview Any renders Markdown, which joins single lines
 
 

@@ -26,6 +26,9 @@ import torch
 
 PROBE_SIDE = 64          # pixels per side of the memory probe image (rounded up to the encoder's multiple)
 TIME_PROBE_SIDE = 256    # ... and of the timed one (a 64² pass costs 2.3x as much per pixel: see above)
+PROBE_SECONDS = 2.0      # a model whose pass there would take longer than this is timed on the memory probe's
+#                          side instead (a full VAE with its decoder on a CPU: its cost per pixel hardly depends
+#                          on the side, and minutes of probing would precede every job)
 OVERHEAD = 1.3           # the transforms' and the optimiser's own tensors, allocator slack
 # time of one step over its encoder passes, with robustness on (EOT: transforms on the whole image, round-trip
 # draws) and off (the step and projection alone); measured on TAEF2 at 512²-2048² (see above)
@@ -117,8 +120,13 @@ def probe(encoder, side: int = PROBE_SIDE, precision: str = "fp32", time_side: i
     key = (encoder.name, str(device), tuple(str(x.dtype) for x in encoder.members), side, time_side,
            str(resolve(precision, device)), bool(decoded), bool(decoded and styled))
     if key not in _PROBES:
-        _PROBES[key] = Probe(_saved_bytes(members, side, device) / side ** 2,
-                             _pass_seconds(members, time_side, device) / time_side ** 2)
+        saved = _saved_bytes(members, side, device) / side ** 2  # (this pass also pays the one-off costs)
+        small = _pass(members, side, device)
+        if small * (time_side / side) ** 2 > PROBE_SECONDS:  # a slow model (a full VAE with its decoder on a CPU):
+            seconds = small / side ** 2                       # its cost per pixel hardly depends on the side
+        else:
+            seconds = _pass_seconds(members, time_side, device) / time_side ** 2
+        _PROBES[key] = Probe(saved, seconds)
     return _PROBES[key]
 
 

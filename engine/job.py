@@ -35,6 +35,7 @@ from .estimate import (CostEstimate, Passes, batch_bytes, estimate_cost, fits_in
                        refusal_message)
 from .objectives import DecodedLatentMatch, LatentMatch, StyleTarget, objective_for_target
 from .optimize import Hooks, optimize
+from .perfect_mimic import decoder_member, readout
 from .precision import autocast_members
 from .tiling import REPORT_MARGIN, TiledEncoder, TiledGradient, plan_tiles
 from .transforms import ROBUSTNESS_LEVELS, WithRoundTrip
@@ -91,6 +92,7 @@ class CloakJob:
         # the tile side every image uses (0: whole); plan() narrows it to what the free memory allows
         self.tile = tile_side(settings, *self.padded_size, None, self.device.type)
         self.estimate: CostEstimate | None = None
+        self.objective_note: str | None = None  # which objective ran, for the report (set by run)
 
     def padded(self) -> torch.Tensor:
         """All images padded to the encoder's multiple (float32, where they were given)."""
@@ -134,7 +136,8 @@ class CloakJob:
                 x_adv = torch.where(keep.bool(), x_adv, x)
             with torch.no_grad():
                 gain = metrics.target_gain(objective.start, objective.distances(self.pad(x_adv), encoder=scoring))
-            reports.append({
+            self.objective_note = self.objective_note or describe_objective(objective)
+            reports.append({**self._mimic(objective, scoring, x, x_adv),
                 "psnr": float(metrics.psnr(x_adv, x)[0]),
                 "ssim": float(metrics.ssim(x_adv, x)[0]),
                 "target_gain": float(gain[0]),
@@ -189,6 +192,24 @@ class CloakJob:
                        hooks=Hooks(should_stop=hooks.should_stop, on_step=on_step), init=init)
         return res, objective, budget, scoring, tiles
 
+    def _mimic(self, objective, scoring, x, x_adv) -> dict:
+        """The perfect-mimic readout (engine.perfect_mimic) of one image through the first member that carries its
+        decoder, toward the objective's target latent (a LatentMatch's target, a NoiseMatch's anchor); {} where no
+        member has a decoder or the objective has no target latent (style statistics)."""
+        k = decoder_member(scoring)
+        if k is None:
+            return {}
+        member, padded = scoring.members[k], self.pad(x)
+        with torch.no_grad():
+            if isinstance(objective, LatentMatch):
+                z0 = objective.original_latents[k]
+                target = objective.target_for(k, z0, None)
+            elif getattr(objective, "anchors", None) is not None:
+                z0, target = member(padded), objective.anchors[k]
+            else:
+                return {}
+        return readout(member, z0, self.pad(x_adv), target, self.size) or {}
+
     @staticmethod
     def _warm_start(x, objective, budget):
         """The first member's amortised start toward this objective's target (None: it has none, or the objective
@@ -206,8 +227,35 @@ class CloakJob:
     def report(self, result: CloakResult, title: str, notes: list[str] | None = None) -> str:
         """The report: a warning first when an image went out unprotected, the title, the estimate, ``notes``,
         then a line per image."""
-        lines = ([self.estimate.describe()] if self.estimate is not None else []) + list(notes or [])
+        lines = ([self.estimate.describe()] if self.estimate is not None else []) \
+            + ([self.objective_note] if self.objective_note else []) + list(notes or [])
         return format_report(result.reports, title, lines, self.settings.typical_gain)
+
+
+def describe_objective(objective) -> str:
+    """One line: which objective ran against which member (the decoded terms run only where a member carries its
+    decoder, and the style term only where its encoder has style layers)."""
+    kind = type(objective).__name__
+    if isinstance(objective, DecodedLatentMatch):
+        parts = []
+        for k, m in enumerate(objective.encoder.members):
+            if m.decode is None:
+                parts.append(f"{m.name}: latent distance (no decoder)")
+                continue
+            style = objective.style if objective.style_net(k) is not None else 0.0
+            terms = [f"decoded latent {objective.weight:.2f}"] + ([f"decoded style {style:.2f}"] if style else []) \
+                + [f"latent {1 - objective.weight - style:.2f}"]
+            parts.append(f"{m.name}: " + " + ".join(terms))
+        return "objective: " + "; ".join(parts)
+    if kind == "LatentMatch":
+        decoders = any(m.decode is not None for m in objective.encoder.members)
+        return "objective: latent distance" + (" (decoded objective off)" if decoders else
+                                               " (no member carries a decoder: no decoded objective)")
+    if kind == "LatentStyleStats":
+        return "objective: latent style statistics (style_stats target: position-free, no decoded objective)"
+    if kind == "NoiseMatch":
+        return "objective: predicted noise of the diffusion model"
+    return f"objective: {kind}"
 
 
 def cloak_images(images: torch.Tensor, encoder, make_objective: ObjectiveFactory, settings: CloakSettings,
@@ -220,4 +268,5 @@ def cloak_images(images: torch.Tensor, encoder, make_objective: ObjectiveFactory
     return job.run(make_objective, seed, hooks)
 
 
-__all__ = ["CloakJob", "cloak_images", "glaze_objectives", "tiled_view", "passes_of", "ObjectiveFactory"]
+__all__ = ["CloakJob", "cloak_images", "glaze_objectives", "tiled_view", "passes_of", "ObjectiveFactory",
+           "describe_objective"]

@@ -291,6 +291,23 @@ def poison_images(images: torch.Tensor, encoder: EncoderEnsemble, anchors: torch
     return poison(job, plan_poison(job.encoder, job.padded(), anchors, pairing), objective, predictor, seed, hooks)
 
 
+def teaches_nothing_warning(reports: list[dict]) -> str | None:
+    """A first-line WARNING naming each poisoned image whose perfect-mimic readout (engine.perfect_mimic: the
+    decoded poisoned latent, in pixel style statistics) does not read nearer the anchor (B) than the original (A):
+    a model trained through this encoder would learn A from it. None when every image reads as B, or when the
+    encoder carries no decoder (no readout). Calibrated on TAEF2 (bench/bench_readout.py): the default poison reads
+    about 0.05 of the way to B there, and bench/bench_poison.py's trained model learned no B from such poisons."""
+    shares = [r.get("mimic_share") for r in reports]
+    weak = [i for i, v in enumerate(shares) if v is not None and not v > 0.5]
+    if not weak:
+        return None
+    listed = ", ".join(f"image {i} ({shares[i]:.2f})" for i in weak)
+    return (f"WARNING: {len(weak)} of {len(reports)} poisoned image(s) would teach a model trained through this "
+            f"encoder nothing: the picture it would learn still reads nearer the original (A) than the anchor (B) "
+            f"({listed} of the way to B; above 0.5 reads as B). Try intensity high or a custom budget, anchors "
+            "nearer your images (img2img of them as B), or more poisoned images")
+
+
 def format_pairing(checks: list[dict], anchors: int) -> str:
     """One line per image: the anchor it got and how its latent moved."""
     lines = [f"anchors ({anchors} given; each image paired with the nearest by latent):"]

@@ -308,11 +308,12 @@ class DecodedLatentMatch(LatentMatch):
             raise ValueError(f"the decoded term's refresh interval must be at least 1 pass, got {every}")
         self.weight = float(weight)
         # ``style`` > 0: a third term, the distance between feature statistics (channel means and Gram matrices of
-        # the member's own encoder layers STYLE_LAYERS) of the decoded latent and of the decoded target: the
+        # the member's own encoder layers, style_stack) of the decoded latent and of the decoded target: the
         # texture a model that learns the latents draws, in Gatys et al.'s sense of style
         self.style = float(style)
         self._style_start: torch.Tensor | None = None  # [B, M]: that distance at the start
         self._style_targets: dict = {}
+        self._style_nets: dict = {}  # member -> its style_stack (or None), built once
         # ``every`` > 1: the decoder runs on one unwarped pass in ``every`` per place; the passes between reuse that
         # pass's gradient of the decoded term with respect to the latent (a first-order model of it), so a step
         # costs an encoder pass alone there. Warped draws always decode.
@@ -341,24 +342,28 @@ class DecodedLatentMatch(LatentMatch):
         return k, where, tuple(z.shape), z.dtype, str(z.device), torch.is_autocast_enabled(z.device.type)
 
     def style_net(self, k: int):
-        """Member ``k``'s encoder layers up to the deepest of STYLE_LAYERS, or None (no style term for it): a
-        TAESD-family ``nn.Sequential`` whose first layer takes the 3 pixel channels."""
-        return None if self.style == 0 else style_stack(self.encoder.members[k].module)
+        """Member ``k``'s encoder layers up to its deepest style layer (:func:`style_stack`: TAESD-family and
+        full-size KL VAE encoders), or None (no style term for it)."""
+        if self.style == 0:
+            return None
+        if k not in self._style_nets:
+            self._style_nets[k] = style_stack(getattr(self.encoder.members[k], "module", None))
+        return self._style_nets[k]
 
     def style_stats(self, k: int, pixels: torch.Tensor, core=None) -> list[torch.Tensor]:
-        """Per image, channel means and centred Gram matrices of member ``k``'s STYLE_LAYERS on ``pixels`` (0..1);
+        """Per image, channel means and centred Gram matrices of member ``k``'s style layers on ``pixels`` (0..1);
         ``core`` (rows, columns) in pixels: the statistics of that window of each layer only."""
         net, out, h = self.style_net(k), [], pixels.to(dtype=next(self.style_net(k).parameters()).dtype)
         for i, layer in enumerate(net):
             h = layer(h)
-            if i in STYLE_LAYERS:
+            if i in net.taps:
                 f = h
                 if core is not None:
                     sc = pixels.shape[-2] // h.shape[-2]
                     f = f[..., core[0].start // sc:core[0].stop // sc, core[1].start // sc:core[1].stop // sc]
                 st = latent_stats_per_image(f)
                 out += [st["mean"], st["gram"].flatten(1)]
-            if i >= max(STYLE_LAYERS):
+            if i >= max(net.taps):
                 return out
 
     def decoded_terms(self, k: int, decode, z: torch.Tensor, t: torch.Tensor, where=None,
@@ -477,15 +482,50 @@ class DecodedLatentMatch(LatentMatch):
 # the layers of a TAESD-family encoder whose statistics make DecodedLatentMatch's style term: the residual blocks
 # ending the full-, half- and quarter-resolution stages of TAESD/TAEF2's encoders (64 channels each)
 STYLE_LAYERS = (1, 5, 9)
+# the same three stages of a full-size KL VAE's encoder (SD1.x, SDXL, SD3, FLUX.1, FLUX.2: ComfyUI's
+# comfy.ldm.modules.diffusionmodules.model.Encoder): the last residual block of the full-, half- and
+# quarter-resolution levels (128, 256 and 512 channels in SD's configuration)
+LDM_STYLE_LEVELS = 3
 
 
 def style_stack(net) -> torch.nn.Sequential | None:
-    """An encoder network's layers up to the deepest of STYLE_LAYERS, or None where it has no such layers (not a
-    TAESD-family ``nn.Sequential`` from the 3 pixel channels, e.g. a ComfyUI VAE's encoder): no style term there."""
-    if not isinstance(net, torch.nn.Sequential) or len(net) <= max(STYLE_LAYERS):
+    """An encoder network's layers up to its deepest style layer, as an ``nn.Sequential`` whose ``taps`` attribute
+    holds the indices of the layers whose statistics make the style term; None where the network has no such
+    layers (no style term there). Two families: a TAESD-family ``nn.Sequential`` from the 3 pixel channels (taps
+    STYLE_LAYERS), and a full-size KL VAE's encoder with ``conv_in`` and ``down[i].block`` levels (taps: the end
+    of each of its first LDM_STYLE_LEVELS levels, before their downsampling)."""
+    if isinstance(net, torch.nn.Sequential):
+        if len(net) <= max(STYLE_LAYERS):
+            return None
+        first = net[0]
+        if not (isinstance(first, torch.nn.Conv2d) and first.in_channels == 3):
+            return None
+        stack = net[:max(STYLE_LAYERS) + 1]
+        stack.taps = STYLE_LAYERS
+        return stack
+    return _ldm_style_stack(net)
+
+
+def _ldm_style_stack(net) -> torch.nn.Sequential | None:
+    """The first LDM_STYLE_LEVELS levels of an LDM-style encoder (``conv_in``, then per level its residual blocks,
+    their attention where it has any, and its downsampling), as a Sequential with ``taps``; None for anything else."""
+    conv_in, down = getattr(net, "conv_in", None), getattr(net, "down", None)
+    if conv_in is None or getattr(conv_in, "in_channels", None) != 3 or not isinstance(down, torch.nn.ModuleList) \
+            or len(down) < LDM_STYLE_LEVELS or not all(hasattr(level, "block") for level in down[:LDM_STYLE_LEVELS]):
         return None
-    first = net[0]
-    return net[:max(STYLE_LAYERS) + 1] if isinstance(first, torch.nn.Conv2d) and first.in_channels == 3 else None
+    layers, taps = [conv_in], []
+    for i, level in enumerate(down[:LDM_STYLE_LEVELS]):
+        attn = getattr(level, "attn", None) or []
+        for j, block in enumerate(level.block):
+            layers.append(block)  # ResnetBlock(x, temb=None)
+            if len(attn) > j:
+                layers.append(attn[j])
+        taps.append(len(layers) - 1)
+        if i < LDM_STYLE_LEVELS - 1 and getattr(level, "downsample", None) is not None:
+            layers.append(level.downsample)
+    stack = torch.nn.Sequential(*layers)
+    stack.taps = tuple(taps)
+    return stack
 
 
 def latent_stats_per_image(f: torch.Tensor) -> dict:

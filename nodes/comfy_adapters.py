@@ -18,16 +18,21 @@ from ..engine.optimize import Hooks
 from ..engine.precision import weight_dtype
 
 _DECODER_PARTS = ("decoder", "taesd_decoder", "post_quant_conv")
+_ENCODER_PARTS = ("encoder", "taesd_encoder")  # the encoder network inside a VAE's model (KL VAEs, TAESD)
 
 
-def vae_encoder(vae, precision: str = "auto", keep_decoder: bool = False) -> CallableEncoder:
-    """A differentiable encoder of *mean* latents from a ComfyUI ``VAE`` (SD1.x/SDXL/SD3/FLUX KL VAEs, TAESD);
-    the pack's one VAE adapter.
+def vae_encoder(vae, precision: str = "auto", keep_decoder: bool = True) -> CallableEncoder:
+    """A differentiable encoder of *mean* latents from a ComfyUI ``VAE`` (SD1.x/SDXL/SD3/FLUX.1/FLUX.2 KL VAEs,
+    TAESD); the pack's one VAE adapter.
 
-    The encoder half is copied (decoder left out, unless ``keep_decoder``: then ``decode`` is set too, for
-    RobustnessCheck's round trip and IMPRESS) outside inference mode, so gradients can flow to the pixels without
-    touching the VAE that ComfyUI shares with the rest of the graph. Latents are in the same space as ComfyUI's
-    VAE Encode (so a LATENT from VAE Encode can serve as a target). ``precision``: engine.precision.WEIGHT_DTYPES.
+    The VAE's model is copied outside inference mode, so gradients can flow to the pixels without touching the VAE
+    that ComfyUI shares with the rest of the graph. With ``keep_decoder`` (the default) the copy keeps its decoder
+    and ``decode`` is set (ComfyUI's own ``process_output``): GlazePerturb's decoded objective and style term, the
+    EOT round trip, the report's perfect-mimic readout, RobustnessCheck's purification and IMPRESS use it; without,
+    the decoder is left out of the copy (half the memory). ``module`` is the encoder network, whose layers make the
+    decoded style term (engine.objectives.style_stack). Latents are in the same space as ComfyUI's VAE Encode (so a
+    LATENT from VAE Encode can serve as a target). ``precision``: engine.precision.WEIGHT_DTYPES. Memory: the copy
+    is loaded by ``prepare``, after asking ComfyUI's model management to free three times its size.
     """
     model = getattr(vae, "first_stage_model", None)
     if model is None or not hasattr(model, "encode") or (keep_decoder and not hasattr(model, "decode")):
@@ -45,23 +50,25 @@ def vae_encoder(vae, precision: str = "auto", keep_decoder: bool = False) -> Cal
     memo = {} if keep_decoder else {id(getattr(model, part)): None for part in _DECODER_PARTS
                                     if getattr(model, part, None) is not None}
     with torch.inference_mode(False):
-        encoder = copy.deepcopy(model, memo).to(dtype=dtype).eval().requires_grad_(False)
-    size = sum(p.numel() * p.element_size() for p in encoder.parameters())
-    process_input = vae.process_input
-    name = f"{type(model).__name__}-{fingerprint(encoder)}"
+        copied = copy.deepcopy(model, memo).to(dtype=dtype).eval().requires_grad_(False)
+    size = sum(p.numel() * p.element_size() for p in copied.parameters())
+    process_input, process_output = vae.process_input, vae.process_output
+    name = f"{type(model).__name__}-{fingerprint(copied)}"
 
     def prepare():
         mm.free_memory(size * 3, device)
-        encoder.to(device)
+        copied.to(device)
 
     def encode(pixels):
-        return encoder.encode(process_input(pixels))
+        return copied.encode(process_input(pixels))
 
     def decode(z):
-        return vae.process_output(encoder.decode(z.to(device, dtype))).float()
+        return process_output(copied.decode(z.to(device, dtype))).float()
 
+    network = next((getattr(copied, part) for part in _ENCODER_PARTS if getattr(copied, part, None) is not None), None)
     return CallableEncoder(fn=encode, name=name, multiple=ratio, min_size=max(32, 4 * ratio),
-                           device=device, dtype=dtype, prepare=prepare, decode=decode if keep_decoder else None)
+                           device=device, dtype=dtype, prepare=prepare, decode=decode if keep_decoder else None,
+                           module=network)
 
 
 def tae_encoder_files() -> list[str]:

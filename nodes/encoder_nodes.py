@@ -29,10 +29,15 @@ class LoadVAEEncoder(io.ComfyNode):
             inputs=[
                 io.Vae.Input("vae", optional=True,
                              tooltip="A VAE already loaded by Load Checkpoint or VAE Loader (SD1.x, SDXL, SD3, "
-                                     "FLUX or TAESD). Leave empty to load one by name below."),
+                                     "FLUX.1, FLUX.2 or a TAESD). Its decoder is kept, so GlazePerturb's decoded "
+                                     "objective (what a model trained on your art would draw) runs against it. "
+                                     "A full VAE is the GPU choice; on a CPU pick its family's tiny autoencoder "
+                                     "in tae_name (taesd: SD1.x, taesdxl: SDXL, taesd3: SD3, taef1: FLUX.1, "
+                                     "taef2: FLUX.2), or chain both as an ensemble. Leave empty to load one by "
+                                     "name below."),
                 io.Combo.Input("vae_name", options=["none"] + folder_paths.get_filename_list("vae"),
                                default="none",
-                               tooltip="Load a VAE file from models/vae instead (only its encoder is kept). "
+                               tooltip="Load a VAE file from models/vae instead (encoder and decoder are kept). "
                                        "Used only when no vae is connected."),
                 io.Combo.Input("precision", options=list(WEIGHT_DTYPES), default="auto",
                                tooltip="Precision of the encoder. auto: the VAE's own. fp32 is slowest and "
@@ -43,11 +48,13 @@ class LoadVAEEncoder(io.ComfyNode):
                 CloakEncoder.Input("encoder", optional=True,
                                    tooltip="Optional: an encoder (or ensemble) to add this one to."),
                 io.Combo.Input("tae_name", options=["none"] + tae_encoder_files(), default="none",
-                               tooltip="Or a tiny autoencoder's encoder file from models/vae_approx (taesd, "
-                                       "taesdxl, taesd3, taef1, taef2 for FLUX.2, taesana for Sana): the variant "
-                                       "is read from the weights. Used only when no vae is connected and "
-                                       "vae_name is none. A matching *_decoder file beside it lets "
-                                       "RobustnessCheck purify through a real decoder."),
+                               tooltip="Or a tiny autoencoder's encoder file from models/vae_approx, the CPU "
+                                       "choice: taesd (SD1.x/2.x), taesdxl (SDXL), taesd3 (SD3), taef1 (FLUX.1), "
+                                       "taef2 (FLUX.2), taesana (Sana); the variant is read from the weights. "
+                                       "ComfyUI users who enabled TAESD previews already have them; the public "
+                                       "weights are in github.com/madebyollin/taesd. Used only when no vae is "
+                                       "connected and vae_name is none. Its *_decoder file beside it enables the "
+                                       "decoded objective and RobustnessCheck's purification."),
             ],
             outputs=[CloakEncoder.Output(display_name="encoder",
                                       tooltip="The encoder (or the ensemble so far), for StyleTargetLatents, "

@@ -7,13 +7,16 @@ with is used as it is loaded.
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 
 import comfy.samplers
 from comfy_api.latest import io
 
 from ..engine import CloakOptions, as_ensemble
-from ..engine.nightshade import OBJECTIVES, NoisePredictor, format_pairing, plan_poison, poison
+from ..engine.nightshade import (OBJECTIVES, NoisePredictor, format_pairing, plan_poison, poison,
+                                teaches_nothing_warning)
 from .comfy_adapters import (alpha_notes, anchor_to_engine, grad_work, image_alpha, image_to_comfy, image_to_engine,
                              job_hooks, perturbation_preview, planned_job)
 from .schema import CloakEncoder, cloak_inputs, scale_inputs
@@ -188,5 +191,9 @@ class NightshadePoison(io.ComfyNode):
         title = f"NightshadePoison ({objective} objective) | {options.describe()}, encoder {ensemble.name}"
         report = (job.report(result.cloak, title, alpha_notes(alpha)) + "\n"
                   + format_pairing(result.checks, plan.anchor_latents[0].shape[0]))
+        warning = teaches_nothing_warning(result.cloak.reports)
+        if warning is not None:
+            logging.warning("NightshadePoison | %s", warning)
+            report = warning + "\n\n" + report
         poisoned = result.cloak.images
         return io.NodeOutput(image_to_comfy(poisoned, alpha), captions, perturbation_preview(pixels, poisoned), report)
