@@ -36,38 +36,13 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "fast")
 KEYS = ("psnr", "ssim", "gain", "gain_jpeg75", "gain_roundtrip", "sec")
 
 
-def parse_value(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def changes(settings, spec: str) -> dict:
-    """The settings changes ``key=value`` of ``name:key=value:...``."""
-    out = {}
-    for pair in spec.split(":")[1:]:
-        key, _, value = pair.partition("=")
-        if key == "quality":  # the render quality preset the variant starts from (see variant)
-            continue
-        if key not in {f.name for f in dataclasses.fields(settings)}:
-            raise SystemExit(f"{spec}: {key!r} is not a CloakSettings field")
-        value = parse_value(value)
-        if isinstance(getattr(settings, key), float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)  # decoded_style=0 is the same setting (and cache key) as decoded_style=0.0
-        out[key] = value
-    return out
-
-
 def variant(E, spec: str):
     """(name, settings) of ``name[:key=value...]``; a bare name is a render quality preset or 'default'."""
     name = spec.split(":")[0]
     quality = next((p.partition("=")[2] for p in spec.split(":")[1:] if p.startswith("quality=")),
                    name if name in E.RENDER_QUALITY else "default")
     s = dataclasses.replace(E.settings_for("default", quality, "on"), precision="auto")
-    return name, dataclasses.replace(s, **changes(s, spec))
+    return name, dataclasses.replace(s, **G.changes(s, spec))
 
 
 def cached_cloak(E, enc, name, settings, x, t, kind, size):

@@ -1,4 +1,5 @@
-"""GlazePerturb against the reference loop, on the real pretrained TAEF2 first and the repository's toy TAESD second.
+"""GlazePerturb against the reference loop, on the real pretrained TAEF2 (the preset table
+behind engine/cloak.py's TYPICAL_GAIN).
 
 Sections (``--sections``, comma-separated; default all, in this order):
 
@@ -12,7 +13,6 @@ Sections (``--sections``, comma-separated; default all, in this order):
   taef2-512 the two 512² development images, default preset, the same columns.
   transfer  cloaks made against TAEF2 scored on TAESANA (a different latent space, ÷32) and the other way round,
             and an ensemble of both, at intensity default: gain on each encoder, transfer share, ensemble share.
-  toy       the older tables on the trained TAESD (bench/toy_glaze.py), 2 photos at 256².
 
     .host/venv/bin/python bench/bench_glaze.py                          # everything (CPU, 2 cores: about 1 h)
     .host/venv/bin/python bench/bench_glaze.py --sections taef2 --presets default
@@ -104,7 +104,7 @@ def section_transfer(E, f2, sana, size, steps, kinds=None):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default="taef2,taef2-512,transfer,toy")
+    ap.add_argument("--sections", default="taef2,taef2-512,transfer")
     ap.add_argument("--presets", default="low,default,high")
     ap.add_argument("--steps", type=int, default=0, help="steps per cloak (default: the preset's, 100)")
     ap.add_argument("--size", type=int, default=256, help="side of the development images (taef2, transfer)")
@@ -122,15 +122,6 @@ def main():
             section_taef2(E, f2, 512, ["default"], args.steps)
         if "transfer" in sections:
             section_transfer(E, f2, E.as_ensemble(common.tae("taesana")), args.size, args.steps, kinds)
-    if "toy" in sections:
-        import toy_glaze
-        from importlib import import_module
-        adapters = import_module("ComfyUI-Cloak.nodes.comfy_adapters")
-        taesd = E.as_ensemble(adapters.vae_encoder(common.taesd_vae()))
-        taesd.prepare()
-        toy_glaze.bench_model(E, "trained TAESD (toy)", taesd, 256, 2, tuple(args.presets.split(",")), "on",
-                              "default", 0)
-
 
 if __name__ == "__main__":
     main()

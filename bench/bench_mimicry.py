@@ -214,7 +214,7 @@ def variant_settings(E, names) -> dict:
     """Set name -> the cloak settings of each extra cloaked set asked for: "faster" (GlazePerturb at render quality
     faster) or ``name:key=value:...`` (the default with those CloakSettings fields changed, as bench_fast spells
     it, e.g. ``style:decoded_style=0.25``)."""
-    import bench_fast
+    import glaze_eval as G
     base, out = E.settings_for("default", "default", "on"), {}
     for spec in names:
         name = spec.split(":")[0]
@@ -222,7 +222,7 @@ def variant_settings(E, names) -> dict:
             out[name] = E.settings_for("default", "faster", "on")
         elif ":" in spec:
             import dataclasses
-            out[name] = dataclasses.replace(base, **bench_fast.changes(base, spec))
+            out[name] = dataclasses.replace(base, **G.changes(base, spec))
     return out
 
 

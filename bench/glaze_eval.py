@@ -91,3 +91,29 @@ def fmt_table(title, results, keys):
     for label, r in results:
         lines.append(f"{label:28} " + " ".join(f"{r.get(k, math.nan):14.4f}" for k in keys))
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ settings variants spelled name:key=value
+def parse_value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def changes(settings, spec: str) -> dict:
+    """The settings changes ``key=value`` of ``name:key=value:...``."""
+    out = {}
+    for pair in spec.split(":")[1:]:
+        key, _, value = pair.partition("=")
+        if key == "quality":  # the render quality preset the variant starts from (see variant)
+            continue
+        if key not in {f.name for f in dataclasses.fields(settings)}:
+            raise SystemExit(f"{spec}: {key!r} is not a CloakSettings field")
+        value = parse_value(value)
+        if isinstance(getattr(settings, key), float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # decoded_style=0 is the same setting (and cache key) as decoded_style=0.0
+        out[key] = value
+    return out

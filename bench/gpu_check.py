@@ -7,9 +7,14 @@ the same seed, then seconds per image at 512², 2048² and 4096² for render qua
    (the goal: within 2 %) and exits non-zero when they differ by more than 5 %.
 2. Time: flat_scene (the 512² development image, upscaled) at each size, automatic tiles (2048 px on a GPU) and
    precision, seconds per image including the style target, calibration and the report; peak GPU memory.
+3. Full VAEs (``--archs``, default sd15,flux1,flux2): the architectures of scripts/full_vaes.py (ComfyUI's own
+   classes, random weights: time and memory only) through LoadVAEEncoder's adapter with their decoders, render
+   quality default (decoded objective + style term, bf16 autocast, tiles of 2048), ``--vae-steps`` steps at
+   ``--vae-sizes`` (1024,2048): seconds per step, fixed seconds, peak GPU memory, the up-front estimate of the
+   100-step job against fixed + 100 x per step.
 
     .host/venv/bin/python bench/gpu_check.py                 # on the GPU machine, ~5-10 min
-    .host/venv/bin/python bench/gpu_check.py --sizes 512     # a short run
+    .host/venv/bin/python bench/gpu_check.py --sizes 512 --archs sd15 --vae-sizes 1024   # a short run
 
 Needs CUDA and ../shared/models/taef2 (encoder and decoder); exits saying why without them.
 """
@@ -33,6 +38,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="512,2048,4096")
     ap.add_argument("--qualities", default="faster,default")
+    ap.add_argument("--archs", default="sd15,flux1,flux2", help="full VAE architectures ('' to skip)")
+    ap.add_argument("--vae-sizes", default="1024,2048")
+    ap.add_argument("--vae-steps", type=int, default=4)
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("no CUDA device: this check runs on a GPU machine (see the tool library's device notes)")
@@ -72,7 +80,43 @@ def main():
             sec = time.perf_counter() - start
             print(f"{size}² {quality:8} {sec:8.1f} s  PSNR {rep['psnr']:.2f}  gain {rep['target_gain']:.3f}  tiles "
                   f"{rep['tiles']}  peak GPU {torch.cuda.max_memory_allocated() / 2 ** 30:.2f} GiB", flush=True)
+    for arch in filter(None, args.archs.split(",")):
+        full_vae_rows(E, arch, [int(v) for v in args.vae_sizes.split(",")], args.vae_steps)
     sys.exit(0 if abs(ratio - 1) <= 0.05 else 1)
+
+
+def full_vae_rows(E, arch: str, sizes, steps: int) -> None:
+    """Seconds per step and peak GPU memory of GlazePerturb's default through a full VAE architecture (random
+    weights), and the up-front estimate against the measurement."""
+    from importlib import import_module
+    sys.path.insert(0, os.path.join(common.ROOT, "scripts"))
+    import full_vaes
+    adapters = import_module("ComfyUI-Cloak.nodes.comfy_adapters")
+    enc = E.as_ensemble(adapters.vae_encoder(full_vaes.build_vae(arch), "auto", keep_decoder=True))
+    for size in sizes:
+        xs, ts, _ = devset.devset(size, ("flat_scene",))
+        s = dataclasses.replace(E.settings_for("default", "default", "on"), precision="auto")
+        free = torch.cuda.mem_get_info()[0]
+        with torch.enable_grad():
+            estimate = E.CloakJob(xs, enc, s).plan(free)
+        target = E.make_style_target(enc, ts, "per_image", E.padder(size, size, enc.multiple))
+        stamps = []
+        torch.cuda.reset_peak_memory_stats()
+        with torch.enable_grad():
+            job = E.CloakJob(xs, enc, dataclasses.replace(s, steps=steps))
+            job.plan(free)
+            start = time.perf_counter()
+            res = job.run(E.glaze_objectives(enc, target), 0,
+                          E.Hooks(on_step=lambda *a: (torch.cuda.synchronize(), stamps.append(time.perf_counter()))))
+            total = time.perf_counter() - start
+        per_step = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
+        fixed = total - per_step * len(stamps)
+        measured = fixed + s.steps * per_step
+        print(f"{arch} {size}² default: {per_step:.2f} s/step, fixed {fixed:.1f} s, 100 steps ~{measured:.0f} s, "
+              f"estimated {estimate.seconds:.0f} s ({estimate.seconds / measured:.2f}x), tiles {res.reports[0]['tiles']}, "
+              f"peak GPU {torch.cuda.max_memory_allocated() / 2 ** 30:.2f} GiB", flush=True)
+    del enc
+    torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import bench_mimicry as BM  # noqa: E402
 import glaze_eval as G  # noqa: E402
-import bench_fast  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "screen_mimic")
 
@@ -86,7 +85,7 @@ def main():
     names = args.variants.split(",")
     for n in list(names):
         if ":" in n:  # name:key=value:...: the default with those settings changed (bench/bench_fast.py's spelling)
-            table[n] = dataclasses.replace(table["default"], **bench_fast.changes(table["default"], n))
+            table[n] = dataclasses.replace(table["default"], **G.changes(table["default"], n))
         if n not in table:
             raise SystemExit(f"unknown variant {n!r}; choose from {list(table)} or write name:key=value")
     crop = M.MIMIC_CROP

@@ -7,6 +7,7 @@ against all of them transfers better to models the artist cannot test.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
@@ -156,16 +157,22 @@ def tae_encoder(path: str, device: torch.device | str = "cpu", dtype: torch.dtyp
     dec_path = tae.decoder_path_for(path)
     if dec_path is not None:
         dec, dinfo = tae.load(dec_path, "decoder")
-        if dinfo.channels == info.channels:
-            dec = dec.to(device=device, dtype=dtype)
-            if channels_last:  # TAEF2's decoder, fwd+bwd at 512² bf16 on 2 CPU cores: 0.91 s -> 0.59 s
-                dec = dec.to(memory_format=torch.channels_last)
+        if dinfo.channels != info.channels or dinfo.factor != info.factor:
+            # a decoder of another latent space would silently leave the cloak without its decoded objective
+            raise tae.BadTAEFile(
+                f"{os.path.basename(dec_path)} beside {os.path.basename(path)} decodes {dinfo.channels}-channel "
+                f"latents at 1/{dinfo.factor} scale, but the encoder makes {info.channels}-channel latents at "
+                f"1/{info.factor}: they are not a pair. Put the encoder's own decoder beside it (same name with "
+                "'decoder'), or remove that file to cloak with the latent objective alone")
+        dec = dec.to(device=device, dtype=dtype)
+        if channels_last:  # TAEF2's decoder, fwd+bwd at 512² bf16 on 2 CPU cores: 0.91 s -> 0.59 s
+            dec = dec.to(memory_format=torch.channels_last)
 
-            def decode(z, _dec=dec):
-                z = z.to(device=device, dtype=dtype)
-                if channels_last:
-                    z = z.contiguous(memory_format=torch.channels_last)
-                return _dec(z).float().clamp(0, 1).contiguous()
+        def decode(z, _dec=dec):
+            z = z.to(device=device, dtype=dtype)
+            if channels_last:
+                z = z.contiguous(memory_format=torch.channels_last)
+            return _dec(z).float().clamp(0, 1).contiguous()
 
     def encode(pixels):
         if channels_last:

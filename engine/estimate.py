@@ -70,6 +70,21 @@ class CostEstimate:
                 f"{self.passes_per_step} encoder pass(es) per step)")
 
 
+LONG_JOB_SECONDS = 1800  # an estimate over this gets the advice below (a full VAE's decoder on a CPU, a huge image)
+
+
+def long_job_advice(estimate: "CostEstimate", decoded: bool) -> str | None:
+    """What to do about a job estimated to take longer than LONG_JOB_SECONDS (None when it does not)."""
+    if estimate.seconds <= LONG_JOB_SECONDS:
+        return None
+    ways = ["wire the model family's tiny autoencoder (tae_name, e.g. taesd for SD1.x, taef1 for FLUX.1) instead "
+            "of the full VAE", "render_quality faster", "a smaller image"]
+    if decoded:
+        ways.insert(1, "decoded_objective off (the decoder is most of the cost; a weaker cloak)")
+    return (f"long job: about {format_seconds(estimate.seconds)} on this device; to go faster: "
+            + "; ".join(ways) + ". Cancel stops it at the next step")
+
+
 def format_seconds(s: float) -> str:
     if s < 90:
         return f"{s:.0f} s"

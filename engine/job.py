@@ -31,8 +31,8 @@ from .budgets import Frozen, quantize_to_8bit
 from .cloak import (MIN_TILE, CloakResult, CloakSettings, check_images, format_report, latent_sizes, padder,
                     shrink_to_floors, tile_side)
 from .encoders import EncoderEnsemble, as_ensemble
-from .estimate import (CostEstimate, Passes, batch_bytes, estimate_cost, fits_in_memory, max_tile_side, probe,
-                       refusal_message)
+from .estimate import (CostEstimate, Passes, batch_bytes, estimate_cost, fits_in_memory, long_job_advice,
+                       max_tile_side, probe, refusal_message)
 from .objectives import DecodedLatentMatch, LatentMatch, StyleTarget, objective_for_target
 from .optimize import Hooks, optimize
 from .perfect_mimic import decoder_member, readout
@@ -93,6 +93,9 @@ class CloakJob:
         self.tile = tile_side(settings, *self.padded_size, None, self.device.type)
         self.estimate: CostEstimate | None = None
         self.objective_note: str | None = None  # which objective ran, for the report (set by run)
+        # whether the passes decode (the decoded objective, where a member carries its decoder)
+        self.decoded = settings.decoded_weight + settings.decoded_style > 0 \
+            and any(m.decode is not None for m in encoder.members)
 
     def padded(self) -> torch.Tensor:
         """All images padded to the encoder's multiple (float32, where they were given)."""
@@ -103,8 +106,7 @@ class CloakJob:
         (ValueError, saying what to do) a job that cannot fit even in 64 px tiles."""
         s, ph, pw, b = self.settings, *self.padded_size, self.images.shape[0]
         shared = self.device.type == "cpu"  # the batch's copies live in CPU memory: on a CPU, beside the work
-        decoded = s.decoded_weight + s.decoded_style > 0 \
-            and any(m.decode is not None for m in self.encoder.members)
+        decoded = self.decoded
         probed = probe(self.encoder, precision=s.precision, decoded=decoded, styled=s.decoded_style > 0)
         if decoded and s.decoded_every > 1:  # the decoder runs on one pass in decoded_every (its memory on each)
             plain = probe(self.encoder, precision=s.precision)
@@ -227,7 +229,8 @@ class CloakJob:
     def report(self, result: CloakResult, title: str, notes: list[str] | None = None) -> str:
         """The report: a warning first when an image went out unprotected, the title, the estimate, ``notes``,
         then a line per image."""
-        lines = ([self.estimate.describe()] if self.estimate is not None else []) \
+        advice = None if self.estimate is None else long_job_advice(self.estimate, self.decoded)
+        lines = ([self.estimate.describe()] if self.estimate is not None else []) + ([advice] if advice else []) \
             + ([self.objective_note] if self.objective_note else []) + list(notes or [])
         return format_report(result.reports, title, lines, self.settings.typical_gain)
 

@@ -91,9 +91,8 @@ def optimize(
     ``init``              a starting perturbation (e.g. an amortised warm start), projected into the budget first;
                           zero when None.
     """
-    from .tiling import TiledGradient
-
-    region_grad = loss_fn if isinstance(loss_fn, TiledGradient) else None
+    # a tiled gradient (engine.tiling.TiledGradient) says so: it returns the gradient itself, not a loss
+    region_grad = loss_fn if getattr(loss_fn, "returns_gradient", False) else None
     steps, step_rule, lr, lr_final = schedule.steps, schedule.step_rule, schedule.lr, schedule.lr_final
     patience, min_rel_improvement = schedule.patience, schedule.min_rel_improvement
     on_step, should_stop = hooks.on_step, hooks.should_stop

@@ -28,6 +28,7 @@ from typing import Callable
 
 import torch
 
+from .optimize import Cancelled
 from .transforms import WithRoundTrip
 
 JPEG_BLOCK = 16   # tile offsets on multiples of this keep JPEG's 8×8 blocks (and 2×2 chroma) where a whole image has them
@@ -185,6 +186,8 @@ class TiledGradient:
     for crops) target; a decode→encode round-trip draw runs inside each tile.
     """
 
+    returns_gradient = True  # engine.optimize takes its (gradient, loss) in place of a loss to differentiate
+
     def __init__(self, objective, tiles: list[Tile], encoder=None, should_stop: Callable[[], bool] | None = None):
         if not objective.tileable:
             raise ValueError(f"{type(objective).__name__} is not a sum over latent positions; it cannot be tiled")
@@ -229,7 +232,6 @@ class TiledGradient:
         total = 0.0
         for t in self.tiles:
             if self.should_stop is not None and self.should_stop():
-                from .optimize import Cancelled
                 raise Cancelled("cancelled between tiles")
             crop = image[..., t.cy0:t.cy1, t.cx0:t.cx1].detach().requires_grad_(True)
             view = per_tile(crop) if per_tile is not None else crop

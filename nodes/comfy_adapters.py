@@ -13,6 +13,7 @@ import comfy.utils
 
 from ..engine import Cancelled, CallableEncoder
 from ..engine.encoders import EncoderEnsemble, fingerprint, tae_encoder
+from ..engine.estimate import long_job_advice
 from ..engine.job import CloakJob
 from ..engine.optimize import Hooks
 from ..engine.precision import weight_dtype
@@ -164,6 +165,9 @@ def planned_job(pixels: torch.Tensor, alpha: torch.Tensor | None, encoder: Encod
     with grad_work():
         estimate = job.plan(free)
     logging.info("%s: %s; %.2f GiB free on %s", title, estimate.describe(), free / 2**30, job.device)
+    advice = long_job_advice(estimate, job.decoded)
+    if advice is not None:
+        logging.warning("%s: %s", title, advice)
     return job
 
 

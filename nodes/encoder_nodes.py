@@ -47,7 +47,7 @@ class LoadVAEEncoder(io.ComfyNode):
                                tooltip="This encoder's share of the loss when chained into an ensemble."),
                 CloakEncoder.Input("encoder", optional=True,
                                    tooltip="Optional: an encoder (or ensemble) to add this one to."),
-                io.Combo.Input("tae_name", options=["none"] + tae_encoder_files(), default="none",
+                io.Combo.Input("tae_name", options=["none"] + tae_encoder_files(), default="none", optional=True,
                                tooltip="Or a tiny autoencoder's encoder file from models/vae_approx, the CPU "
                                        "choice: taesd (SD1.x/2.x), taesdxl (SDXL), taesd3 (SD3), taef1 (FLUX.1), "
                                        "taef2 (FLUX.2), taesana (Sana); the variant is read from the weights. "

@@ -124,7 +124,7 @@ class SampleMiniatureMimic(io.ComfyNode):
                              tooltip="Seeds the starting noise: the same seed for both mimics compares like with "
                                      "like."),
                 io.Int.Input("sampler_steps", default=40, min=2, max=500, tooltip="DDIM steps per sample."),
-                io.Float.Input("guidance", default=M.MIMIC_GUIDANCE, min=0.0, max=5.0, step=0.05,
+                io.Float.Input("guidance", default=M.MIMIC_GUIDANCE, min=0.0, max=5.0, step=0.05, optional=True,
                                tooltip="Autoguidance: how far each step is pushed away from the mimic's weaker twin "
                                        "(trained alongside it). 1.0 made the miniature reproduce its training set's "
                                        "style (the README's fit check); flat colour fitted best at 1.5 with 100 "

@@ -120,19 +120,33 @@ def create_exclusive(directory: str, stem: str, ext: str, write) -> str:
     raise FileExistsError(f"{directory} already holds {stem}{ext} and 99999 numbered copies; choose another folder")
 
 
-def report_rows(reports: list[str], count: int) -> tuple[str, list[str]]:
-    """(title, one cell per image) from GlazePerturb-style reports (a title line, then 'image i: ...' lines)."""
+def report_rows(reports: list[str], count: int) -> tuple[str, list[str], list[bool]]:
+    """(title, one cell per image, whether each image's report warned) from GlazePerturb-style reports (optional
+    WARNING lines first, a title line, notes, then 'image i: ...' lines). A cell is the report's warnings, then its
+    image lines: a warning is never dropped from the set's table."""
     texts = [str(r) for r in reports or []]
     if len(texts) not in (0, count):
         raise ValueError(f"got {len(texts)} reports for {count} images: connect the report output of the node that "
                          "made the images (one per image)")
-    title, cells = "", []
+    title, cells, warned = "", [], []
     for text in texts:
-        lines = [line for line in text.splitlines() if line.strip()]
-        title = title or (lines[0] if lines else "")
-        body = [line.split(": ", 1)[1] if line.startswith("image ") and ": " in line else line for line in lines[1:]]
-        cells.append("; ".join(body).replace("|", "/"))
-    return title, cells
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        warnings = [line for line in lines if line.startswith("WARNING")]
+        rest = [line for line in lines if not line.startswith("WARNING")]
+        title = title or (rest[0] if rest else "")
+        body = [line.split(": ", 1)[1] if ": " in line else line for line in rest if line.startswith("image ")]
+        cells.append("; ".join(warnings + body).replace("|", "/"))
+        warned.append(bool(warnings))
+    return title, cells, warned
+
+
+def set_warning(names: list[str], warned: list[bool]) -> str | None:
+    """The set report's first line when any image's own report warned (None when none did)."""
+    bad = [name for name, w in zip(names, warned) if w]
+    if not bad:
+        return None
+    return (f"WARNING: {len(bad)} of {len(names)} image(s) came with a warning (not or only weakly protected): "
+            + ", ".join(bad) + " (see their rows)")
 
 
 class LoadArtworkFolder(io.ComfyNode):
@@ -216,7 +230,7 @@ class SaveCloakedFolder(io.ComfyNode):
         if len(names) != len(singles):
             raise ValueError(f"got {len(names)} names for {len(singles)} images: connect the names output of the "
                              "Load Artwork Folder that the images came from")
-        title, cells = report_rows(reports, len(singles))
+        title, cells, warned = report_rows(reports, len(singles))
         directory = safe_subfolder(folder_paths.get_output_directory(), folder)
         os.makedirs(directory, exist_ok=True)
         saved = []
@@ -225,7 +239,11 @@ class SaveCloakedFolder(io.ComfyNode):
             saved.append(create_exclusive(directory, stem, ".png",
                                           lambda f, p=pixels: Image.fromarray(p).save(f, format="PNG")))
         header = "| # | original | saved as |" + (" cloak |" if cells else "")
-        lines = [f"### {len(saved)} images saved to `{directory}`", ""] + ([title, ""] if title else []) + [
+        warning = set_warning(list(names), warned)
+        if warning is not None:
+            logging.warning("SaveCloakedFolder | %s", warning)
+        lines = ([f"**{warning}**", ""] if warning else []) + [
+            f"### {len(saved)} images saved to `{directory}`", ""] + ([title, ""] if title else []) + [
             header, "|---|---|---|" + ("---|" if cells else "")]
         for i, (name, out) in enumerate(zip(names, saved)):
             lines.append(f"| {i + 1} | {name} | {out} |" + (f" {cells[i]} |" if cells else ""))

@@ -177,15 +177,16 @@ class RobustnessCheck(io.ComfyNode):
                                        "far weaker than SD's, see the README."),
                 io.Conditioning.Input("positive", optional=True,
                                       tooltip="Conditioning the purifier denoises under (e.g. a caption)."),
-                io.Int.Input("purify_steps", default=20, min=1, max=200,
+                io.Int.Input("purify_steps", default=20, min=1, max=200, optional=True,
                              tooltip="Sampler steps of the full schedule for diffusion purification; only "
                                      "the last strength share of them run."),
-                io.Float.Input("purify_cfg", default=1.0, min=0.0, max=30.0, step=0.1,
+                io.Float.Input("purify_cfg", default=1.0, min=0.0, max=30.0, step=0.1, optional=True,
                                tooltip="CFG of the purifier (negative = zeroed positive); 1 runs it once."),
                 io.Combo.Input("purify_sampler", options=list(comfy.samplers.KSampler.SAMPLERS), default="euler",
+                               optional=True,
                                tooltip="Sampler of the purifier."),
                 io.Combo.Input("purify_scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS),
-                               default="normal", tooltip="Scheduler of the purifier."),
+                               default="normal", optional=True, tooltip="Scheduler of the purifier."),
             ],
             outputs=[
                 io.String.Output(display_name="report", tooltip="The table, then the same figures as JSON (after a "

@@ -261,7 +261,7 @@ def test_without_native_bf16_every_preset_and_path_runs_fp32(monkeypatch):
                 assert precision.resolve(options.settings().precision, "cpu") == torch.float32, (kind, intensity,
                                                                                                   quality)
         assert precision.resolve(E.settings_for(kind=kind).precision, "cpu") == torch.float32
-    members = [toy_encoder().members[0]]
+    members = [toy_encoder()]
     assert precision.autocast_members(members, "auto", "cpu") == members  # no Autocast wrapper
     assert precision.precision_context("auto", "cpu").__class__.__name__ == "nullcontext"
     monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)  # the check can fail: with bf16, auto is bf16

@@ -90,6 +90,14 @@ def test_save_cloaked_folder_keeps_names_never_overwrites_and_gathers_reports(co
     assert "| 1 | cup.png | cup.png | PSNR 35.00 dB |" in report and "GlazePerturb | x" in report
     assert "| 3 | beans.webp | beans_1.png |" in again.args[0]
     assert [i["filename"] for i in out.ui.as_dict()["images"]] == ["cup.png", "evil name_.png", "beans.png"]
+    warned = ["WARNING: 1 of 1 image(s) NOT protected: image 0: its latent barely moved\n\nGlazePerturb | x\n\n"
+              "estimated peak memory 0.01 GiB\n\nimage 0: PSNR 60.00 dB, target gain 0.000"]
+    both = nodes.SaveCloakedFolder.execute(images, names, ["cloak_test_set"], reports[:1] * 2 + warned).args[0]
+    assert both.splitlines()[0].startswith("**WARNING: 1 of 3 image(s) came with a warning") and "beans.webp" in \
+        both.splitlines()[0], both  # the set report's first line names the image its own report warned about
+    row = next(line for line in both.splitlines() if line.startswith("| 3 |"))
+    assert "WARNING: 1 of 1 image(s) NOT protected" in row and "target gain 0.000" in row, row
+    assert "estimated peak memory" not in row and "GlazePerturb | x" in both
     with pytest.raises(ValueError, match="2 names for 3 images"):
         nodes.SaveCloakedFolder.execute(images, names[:2], ["cloak_test_set"])
     with pytest.raises(ValueError, match="climbs out"):
