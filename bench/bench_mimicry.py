@@ -382,8 +382,8 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
             z = latents[label]
             settings = M.TrainSettings(steps=steps, seed=seed, bf16=M.bf16_is_fast("cpu"), **M.MIMIC_SETTINGS)
             model, sec = trained(M, z, settings, config, f"{name}-{label}")
-            out = decode(member, M.sample(model, samples, tuple(z.shape[-2:]), steps=ddim, seed=1000 + seed,
-                                          bf16=settings.bf16, eta=1.0, guidance=guidance))
+            out = decode(member, M.sample(model, samples, tuple(z.shape[-2:]), M.Sampler(
+                ddim, eta=1.0, guidance=guidance, bf16=settings.bf16), seed=1000 + seed))
             own = scorer.features(decode(member, z))  # the perfect mimic of this set
             got = scorer.features(out)
             mimic, share, fit = scorer.share(own), scorer.share(got), scorer.fit(got, own)

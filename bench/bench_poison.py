@@ -287,8 +287,8 @@ def main():
 
     def draw(model, seed, concepts=range(len(CONCEPTS)), count=samples):
         ys = torch.cat([torch.full((count,), k, dtype=torch.long) for k in concepts])
-        z = M.sample(model, ys.shape[0], (CROP // 8, CROP // 8), steps=DDIM, seed=1000 + seed, labels=ys, bf16=bf16,
-                     eta=1.0, guidance=guidance)
+        z = M.sample(model, ys.shape[0], (CROP // 8, CROP // 8), M.Sampler(DDIM, eta=1.0, guidance=guidance, bf16=bf16),
+                     seed=1000 + seed, labels=ys)
         return BM.decode(member, z), ys
 
     rows = []

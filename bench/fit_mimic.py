@@ -54,8 +54,8 @@ def one_model(member, M, judge, args):
                                **{**M.MIMIC_SETTINGS, "lr": args.lr})
     model, sec = B.trained(M, z, settings, config, f"{args.artist}-clean", labels, out=OUT)
     lab = torch.arange(args.samples) % 8 if args.caption else None
-    out = B.decode(member, M.sample(model, args.samples, (8, 8), steps=B.DDIM, seed=1000 + args.seed, labels=lab,
-                                    bf16=settings.bf16, eta=1.0, guidance=M.MIMIC_GUIDANCE))
+    out = B.decode(member, M.sample(model, args.samples, (8, 8), M.Sampler(
+        B.DDIM, eta=1.0, guidance=M.MIMIC_GUIDANCE, bf16=settings.bf16), seed=1000 + args.seed, labels=lab))
     own, got = scorer.features(B.decode(member, z)), scorer.features(out)
     fit, share = scorer.fit(got, own), scorer.share(got)
     print(f"{args.artist} clean, {args.steps} steps, lr {args.lr}, {'caption per picture' if args.caption else 'no caption'}, "

@@ -123,7 +123,7 @@ def impress(x, steps, ctx, seed):
         return ((recon - pixels) ** 2).flatten(1).mean(1) + IMPRESS_WEIGHT * ((pixels - x) ** 2).flatten(1).mean(1)
 
     with torch.enable_grad():
-        res = optimize(x, loss, LinfBox(IMPRESS_EPS), Schedule(int(steps), lr=IMPRESS_LR, lr_final=0.01), seed=seed,
+        res = optimize(x, loss, LinfBox(IMPRESS_EPS), Schedule(int(steps), lr=IMPRESS_LR, lr_final=0.01, seed=seed),
                        hooks=Hooks(should_stop=ctx.should_stop))
     return (x + res.delta).clamp(0, 1), None
 

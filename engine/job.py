@@ -190,8 +190,8 @@ class CloakJob:
         loss = (TiledGradient(objective, tiles, fast, hooks.should_stop) if tiles
                 else functools.partial(objective.loss, encoder=fast))
         init = self._warm_start(x, objective, budget) if s.warm_start else None
-        res = optimize(x, loss, budget, s.schedule(), seed=seed, transforms=transforms, view=self.pad,
-                       hooks=Hooks(should_stop=hooks.should_stop, on_step=on_step), init=init)
+        res = optimize(x, loss, budget, dataclasses.replace(s.schedule(), seed=seed), transforms=transforms,
+                       view=self.pad, hooks=Hooks(should_stop=hooks.should_stop, on_step=on_step), init=init)
         return res, objective, budget, scoring, tiles
 
     def _mimic(self, objective, scoring, x, x_adv) -> dict:

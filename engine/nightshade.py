@@ -285,10 +285,11 @@ def poison(job: CloakJob, plan: PoisonPlan, objective: str = "latent", predictor
 
 def poison_images(images: torch.Tensor, encoder: EncoderEnsemble, anchors: torch.Tensor, settings: CloakSettings,
                   objective: str = "latent", predictor: NoisePredictor | None = None, seed: int = 0,
-                  hooks: Hooks = Hooks(), pairing: str = "nearest") -> PoisonResult:
-    """Poison ``images`` toward ``anchors`` (see the module docstring): the same job NightshadePoison runs."""
+                  pairing: str = "nearest") -> PoisonResult:
+    """Poison ``images`` toward ``anchors`` (see the module docstring): the same job NightshadePoison runs, in one
+    call (benches, tests; a host with a progress bar runs :func:`poison` with its hooks)."""
     job = CloakJob(images, encoder, settings)
-    return poison(job, plan_poison(job.encoder, job.padded(), anchors, pairing), objective, predictor, seed, hooks)
+    return poison(job, plan_poison(job.encoder, job.padded(), anchors, pairing), objective, predictor, seed)
 
 
 def teaches_nothing_warning(reports: list[dict]) -> str | None:

@@ -39,7 +39,8 @@ class Schedule:
                           "sign": signed gradient, step decaying linearly from ``lr·caps`` to 1/100 of it
                           (PhotoGuard's schedule);
     ``patience``          stop when the smoothed loss has not improved by ``min_rel_improvement`` for
-                          this many steps (0: never stop early).
+                          this many steps (0: never stop early);
+    ``seed``              seeds the run's random draws (EOT transforms, noise): a run is a function of its schedule.
     """
 
     steps: int
@@ -48,6 +49,7 @@ class Schedule:
     lr_final: float = 0.01
     patience: int = 0
     min_rel_improvement: float = 1e-3
+    seed: int = 0
 
     def __post_init__(self):
         if self.step_rule not in STEP_RULES:
@@ -73,7 +75,6 @@ def optimize(
     budget,
     schedule: Schedule,
     *,
-    seed: int = 0,
     transforms: Callable | None = None,
     view: Callable[[torch.Tensor], torch.Tensor] | None = None,
     hooks: Hooks = Hooks(),
@@ -99,7 +100,7 @@ def optimize(
     x = x.detach().float()
     budget.setup(x)
     caps = budget.caps
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    gen = torch.Generator(device="cpu").manual_seed(int(schedule.seed))
     delta = torch.zeros_like(x) if init is None else budget.project(x, init.detach().float().to(x.device))
     m = torch.zeros_like(x)
     v = torch.zeros_like(x)

@@ -142,8 +142,7 @@ class SampleMiniatureMimic(io.ComfyNode):
             mm.throw_exception_if_processing_interrupted()
             bar.update_absolute(done, total)
 
-        z = M.sample(mimic.model, count, (side, side), steps=sampler_steps, seed=seed,
-                     bf16=M.bf16_is_fast(mimic.model.mean.device), on_step=on_step, eta=1.0,
-                     guidance=guidance)
+        sampler = M.Sampler(sampler_steps, eta=1.0, guidance=guidance, bf16=M.bf16_is_fast(mimic.model.mean.device))
+        z = M.sample(mimic.model, count, (side, side), sampler, seed=seed, on_step=on_step)
         out = M.in_chunks(mimic.member.decode, z.to(mimic.member.device), ENCODE_CHUNK)
         return io.NodeOutput(image_to_comfy(out.clamp(0, 1).cpu()))

@@ -40,7 +40,7 @@ def test_a_class_conditional_miniature_fits_each_class_and_is_moved_by_its_data(
     assert sum(losses[-40:]) / 40 < 0.95 * sum(losses[:40]) / 40  # it learns (v-loss has a high floor on noisy data)
     fz = features(z)
     for cls in (0, 1):
-        out = M.sample(model, 32, (8, 8), steps=30, seed=1, labels=torch.full((32,), cls))
+        out = M.sample(model, 32, (8, 8), M.Sampler(30), seed=1, labels=torch.full((32,), cls))
         assert torch.isfinite(out).all() and out.shape == (32, 4, 8, 8)
         fit = M.fit_ratio(features(out), fz[y == cls], fz[y == 0], fz[y == 1])
         other = M.fit_ratio(features(out), fz[y != cls], fz[y == 0], fz[y == 1])
@@ -48,8 +48,8 @@ def test_a_class_conditional_miniature_fits_each_class_and_is_moved_by_its_data(
     path = str(tmp_path / "mini.safetensors")
     M.save(model, path)
     again = M.load(path)
-    assert torch.equal(M.sample(again, 4, (8, 8), steps=5, seed=2, labels=torch.zeros(4, dtype=torch.long)),
-                       M.sample(model, 4, (8, 8), steps=5, seed=2, labels=torch.zeros(4, dtype=torch.long)))
+    assert torch.equal(M.sample(again, 4, (8, 8), M.Sampler(5), seed=2, labels=torch.zeros(4, dtype=torch.long)),
+                       M.sample(model, 4, (8, 8), M.Sampler(5), seed=2, labels=torch.zeros(4, dtype=torch.long)))
 
 
 def test_the_noise_prediction_knows_its_caption_and_carries_gradients():
@@ -184,9 +184,9 @@ def test_a_purifier_is_found_only_for_the_encoder_it_was_trained_on(tmp_path):
 def test_ancestral_sampling_is_seeded_and_differs_from_deterministic_ddim():
     z, _ = two_styles(16)
     model = M.train(z, None, M.MiniConfig(channels=4, width=16), M.TrainSettings(steps=3, batch=8, seed=0))
-    a = M.sample(model, 4, (8, 8), steps=6, seed=3, eta=1.0)
-    assert torch.equal(a, M.sample(model, 4, (8, 8), steps=6, seed=3, eta=1.0))
-    assert not torch.equal(a, M.sample(model, 4, (8, 8), steps=6, seed=3, eta=0.0))
+    a = M.sample(model, 4, (8, 8), M.Sampler(6, eta=1.0), seed=3)
+    assert torch.equal(a, M.sample(model, 4, (8, 8), M.Sampler(6, eta=1.0), seed=3))
+    assert not torch.equal(a, M.sample(model, 4, (8, 8), M.Sampler(6, eta=0.0), seed=3))
     assert torch.isfinite(a).all() and a.shape == (4, 4, 8, 8)
 
 
@@ -198,13 +198,14 @@ def test_autoguidance_weak_model_is_trained_saved_and_guides(tmp_path):
     assert calls == [(i, 8) for i in range(1, 9)]  # one progress count over both models
     assert model.weak is not None and model.weak.config.width == 8 and model.weak.weak is None
     assert torch.equal(model.weak.mean, model.mean)  # the same data's normalisation
-    plain = M.sample(model, 4, (8, 8), steps=6, seed=3, eta=1.0)
-    guided = M.sample(model, 4, (8, 8), steps=6, seed=3, eta=1.0, guidance=1.0)
+    plain = M.sample(model, 4, (8, 8), M.Sampler(6, eta=1.0), seed=3)
+    guided = M.sample(model, 4, (8, 8), M.Sampler(6, eta=1.0, guidance=1.0), seed=3)
     assert not torch.equal(plain, guided) and torch.isfinite(guided).all()
     M.save(model, str(tmp_path / "m.safetensors"))
     again = M.load(str(tmp_path / "m.safetensors"))
     assert again.weak is not None and again.weak.config.width == 8 and again.config.attention
-    assert torch.equal(M.sample(again, 4, (8, 8), steps=6, seed=3, eta=1.0, guidance=1.0), guided)
+    assert torch.equal(M.sample(again, 4, (8, 8), M.Sampler(6, eta=1.0, guidance=1.0), seed=3), guided)
     alone = M.train(z, None, M.MiniConfig(channels=4, width=16), M.TrainSettings(steps=4, batch=8, seed=0))
     assert alone.weak is None  # no weak version: guidance is a no-op
-    assert torch.equal(M.sample(alone, 2, (8, 8), steps=4, seed=1, guidance=2.0), M.sample(alone, 2, (8, 8), steps=4, seed=1))
+    assert torch.equal(M.sample(alone, 2, (8, 8), M.Sampler(4, guidance=2.0), seed=1),
+                       M.sample(alone, 2, (8, 8), M.Sampler(4), seed=1))
