@@ -31,11 +31,12 @@ class Mimic:
 
 
 def decoding_member(encoder):
-    """The one encoder of ``encoder`` that carries its decoder (a TAE loaded by file, e.g. TAEF2), or a clear error."""
+    """The first encoder of ``encoder`` that carries its decoder (a TAE with its decoder file, or a VAE), or a clear
+    error."""
     members = [m for m in as_ensemble(encoder).members if m.decode is not None]
     if not members:
-        raise ValueError("the miniature mimic needs an encoder with its decoder: in LoadVAEEncoder set vae_name to "
-                         "none and tae_name to a TAE encoder whose *_decoder file lies beside it (e.g. "
+        raise ValueError("the miniature mimic needs an encoder with its decoder: in LoadVAEEncoder wire a VAE, or "
+                         "pick in tae_name a TAE encoder whose *_decoder file lies beside it (e.g. "
                          "taef2_encoder.pth, or the demo's taesd_encoder.safetensors)")
     return members[0]
 

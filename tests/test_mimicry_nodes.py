@@ -14,8 +14,9 @@ def mn(comfy_host, sample_image, taesd_vae):
     nodes = comfy_host.pack.nodes
     tae = nodes.encoder_nodes.LoadVAEEncoder.execute(vae_name="none", precision="auto", weight=1.0,
                                                      tae_name="taesd_encoder.safetensors").args[0]
-    vae_only = nodes.encoder_nodes.LoadVAEEncoder.execute(vae_name="none", precision="auto", weight=1.0,
-                                                          vae=taesd_vae).args[0]
+    # an encoder without a decoder (a TAE file alone, e.g. taesana_encoder.pth): the adapter's copy without it
+    vae_only = comfy_host.pack.engine.as_ensemble(nodes.comfy_adapters.vae_encoder(taesd_vae, "auto",
+                                                                                    keep_decoder=False))
     return types.SimpleNamespace(N=nodes.mimicry_nodes, S=nodes.scoring_nodes, tae=tae, vae_only=vae_only,
                                  image=sample_image[:, :96, :128].contiguous())
 
