@@ -178,24 +178,12 @@ def section_vae(E, archs, sizes, steps):
         enc = E.as_ensemble(sd_encoder(E, arch, keep_decoder=True))
         for size in sizes:
             x, t = images_at(size, ("photo_astronaut",))
-            s = settings(E, precision="auto")
-            with torch.enable_grad():
-                estimate = E.CloakJob(x, enc, s).plan(free_bytes())
-            target = E.make_style_target(enc, t, "per_image", E.padder(size, size, enc.multiple))
-            stamps = []
-            with common.PeakMemory(enc.members[0].device) as mem, torch.enable_grad():
-                job = E.CloakJob(x, enc, dataclasses.replace(s, steps=steps))
-                job.plan(free_bytes())
-                start = time.perf_counter()
-                res = job.run(E.glaze_objectives(enc, target), 0,
-                              E.Hooks(on_step=lambda *a: stamps.append(time.perf_counter())))
-                total = time.perf_counter() - start
-            per_step = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else total
-            fixed = total - per_step * len(stamps)
-            measured = fixed + s.steps * per_step
-            print(f"{arch:6} {size:>5}² {res.reports[0]['tiles']:>5} {per_step:8.1f} {fixed:8.1f} "
-                  f"{mem.peak_mib / 1024:8.2f} {estimate.peak_bytes / 2**30:7.2f} {measured / 60:15.0f} min "
-                  f"{estimate.seconds / 60:7.0f} min {estimate.seconds / measured:8.2f}", flush=True)
+            with common.PeakMemory(enc.members[0].device) as mem:
+                r = G.estimate_against_run(E, enc, x, t, settings(E, precision="auto"), steps, free_bytes())
+            est = r["estimate"]
+            print(f"{arch:6} {size:>5}² {r['report']['tiles']:>5} {r['per_step']:8.1f} {r['fixed']:8.1f} "
+                  f"{mem.peak_mib / 1024:8.2f} {est.peak_bytes / 2**30:7.2f} {r['measured'] / 60:15.0f} min "
+                  f"{est.seconds / 60:7.0f} min {est.seconds / r['measured']:8.2f}", flush=True)
         del enc
 
 

@@ -117,3 +117,30 @@ def changes(settings, spec: str) -> dict:
             value = float(value)  # decoded_style=0 is the same setting (and cache key) as decoded_style=0.0
         out[key] = value
     return out
+
+
+# --------------------------------------------------------------- a job's up-front estimate against its measurement
+def estimate_against_run(E, enc, x, t, settings, steps: int, free: float, sync=None) -> dict:
+    """GlazePerturb's job on ``x`` toward ``t``: the up-front estimate of ``settings`` (its full step count) and a
+    run of ``steps`` steps, timed per step (``sync`` called before each stamp, e.g. torch.cuda.synchronize).
+    Returns ``{"estimate", "per_step", "fixed", "measured" (fixed + the full steps x per step), "report"}``."""
+    with torch.enable_grad():
+        estimate = E.CloakJob(x, enc, settings).plan(free)
+    target = E.make_style_target(enc, t, "per_image", E.padder(*x.shape[-2:], enc.multiple))
+    stamps = []
+
+    def stamp(*_):
+        if sync is not None:
+            sync()
+        stamps.append(time.perf_counter())
+
+    with torch.enable_grad():
+        job = E.CloakJob(x, enc, dataclasses.replace(settings, steps=steps))
+        job.plan(free)
+        start = time.perf_counter()
+        res = job.run(E.glaze_objectives(enc, target), 0, E.Hooks(on_step=stamp))
+        total = time.perf_counter() - start
+    per_step = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else total
+    fixed = total - per_step * len(stamps)
+    return {"estimate": estimate, "per_step": per_step, "fixed": fixed,
+            "measured": fixed + settings.steps * per_step, "report": res.reports[0]}

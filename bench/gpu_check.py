@@ -96,24 +96,11 @@ def full_vae_rows(E, arch: str, sizes, steps: int) -> None:
     for size in sizes:
         xs, ts, _ = devset.devset(size, ("flat_scene",))
         s = dataclasses.replace(E.settings_for("default", "default", "on"), precision="auto")
-        free = torch.cuda.mem_get_info()[0]
-        with torch.enable_grad():
-            estimate = E.CloakJob(xs, enc, s).plan(free)
-        target = E.make_style_target(enc, ts, "per_image", E.padder(size, size, enc.multiple))
-        stamps = []
         torch.cuda.reset_peak_memory_stats()
-        with torch.enable_grad():
-            job = E.CloakJob(xs, enc, dataclasses.replace(s, steps=steps))
-            job.plan(free)
-            start = time.perf_counter()
-            res = job.run(E.glaze_objectives(enc, target), 0,
-                          E.Hooks(on_step=lambda *a: (torch.cuda.synchronize(), stamps.append(time.perf_counter()))))
-            total = time.perf_counter() - start
-        per_step = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
-        fixed = total - per_step * len(stamps)
-        measured = fixed + s.steps * per_step
-        print(f"{arch} {size}² default: {per_step:.2f} s/step, fixed {fixed:.1f} s, 100 steps ~{measured:.0f} s, "
-              f"estimated {estimate.seconds:.0f} s ({estimate.seconds / measured:.2f}x), tiles {res.reports[0]['tiles']}, "
+        r = G.estimate_against_run(E, enc, xs, ts, s, steps, torch.cuda.mem_get_info()[0], torch.cuda.synchronize)
+        print(f"{arch} {size}² default: {r['per_step']:.2f} s/step, fixed {r['fixed']:.1f} s, 100 steps "
+              f"~{r['measured']:.0f} s, estimated {r['estimate'].seconds:.0f} s "
+              f"({r['estimate'].seconds / r['measured']:.2f}x), tiles {r['report']['tiles']}, "
               f"peak GPU {torch.cuda.max_memory_allocated() / 2 ** 30:.2f} GiB", flush=True)
     del enc
     torch.cuda.empty_cache()

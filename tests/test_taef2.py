@@ -255,3 +255,28 @@ def test_glaze_workflow_runs_on_taef2_through_the_server(server):
     assert "encoder taef2-" in report, report
     gain = float(report.split("target gain ")[1].split(",")[0])
     assert gain > 0.1, report
+
+
+def test_the_poison_report_warns_when_a_poison_would_teach_nothing_and_not_when_it_reads_as_b(comfy_host):
+    """NightshadePoison's perfect-mimic readout on TAEF2 (issue 36): the default poison of a photo toward another
+    picture (as bench/bench_poison.py's poisons, which taught its trained model no B) gets the first-line WARNING;
+    a poison toward a B within reach (the same photo with its green and blue at 0.85, intensity high) reads nearer
+    B than A (readout 0.58 here, 2026-12-06) and gets none."""
+    need(TAEF2_ENC, TAEF2_DEC)
+    m = comfy_host.nodes.NODE_CLASS_MAPPINGS
+    with torch.inference_mode():
+        encoder = m["LoadVAEEncoder"].execute(vae_name="none", precision="auto", weight=1.0,
+                                              tae_name="taef2_encoder.pth").args[0]
+    a = photo("coffee", 64).movedim(1, -1).contiguous()
+    far = photo("astronaut", 64).movedim(1, -1).contiguous()
+    near = (a * torch.tensor([1.0, 0.85, 0.85])).clamp(0, 1)
+    reports = {}
+    for name, anchor, intensity in (("far", far, "default"), ("near", near, "high")):
+        with torch.inference_mode():
+            reports[name] = m["NightshadePoison"].execute(a, encoder, anchor, caption="a cup", intensity=intensity,
+                                                          render_quality="faster", robustness="off", seed=0,
+                                                          custom_budget=8, budget="adaptive",
+                                                          objective="latent").args[3]
+    assert reports["far"].startswith("WARNING") and "would teach a model trained through this encoder nothing" \
+        in reports["far"].split("\n")[0], reports["far"]
+    assert "perfect mimic" in reports["near"] and "would teach" not in reports["near"], reports["near"]
