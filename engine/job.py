@@ -252,8 +252,8 @@ def describe_objective(objective) -> str:
         return "objective: " + "; ".join(parts)
     if kind == "LatentMatch":
         decoders = any(m.decode is not None for m in objective.encoder.members)
-        return "objective: latent distance" + (" (decoded objective off)" if decoders else
-                                               " (no member carries a decoder: no decoded objective)")
+        return "objective: latent distance" + (" (no decoded terms: decoded_objective off, or a poison)"
+                                               if decoders else " (no member carries a decoder)")
     if kind == "LatentStyleStats":
         return "objective: latent style statistics (style_stats target: position-free, no decoded objective)"
     if kind == "NoiseMatch":
