@@ -112,7 +112,7 @@ QUALITY_SCHEDULE = {"faster": dict(decoded_every=4, lr=0.5)}
 # further on every artist (flat +0.352 / line art +0.437 / painting +0.277 / photo +0.274 against +0.321 / +0.403 /
 # +0.224 / +0.227; mean 1.41x plain PGD's against 1.23x; pixel +0.163 against +0.147; after JPEG q75 TAESANA
 # +0.254 against +0.223) at 0.2 dB less change (37.67 dB), for ~1.4x the time a step and a lower latent gain
-# (0.32 against 0.40); a trained model judged it too (README, "Mimicry in miniature").
+# (0.32 against 0.40); a trained model judged it too (docs/evidence.md, "Mimicry in miniature").
 KINDS = {
     "glaze": dict(floor=0.5, decoded_weight=0.5, decoded_style=0.25),
     "nightshade": dict(floor=0.1, decoded_weight=0.0, decoded_style=0.0),
@@ -279,7 +279,7 @@ MIN_FLOOR_SCALE = 0.01
 MIN_TARGET_GAIN = 0.01
 # ... and as only weakly protected when its gain is under WEAK_SHARE of what its intensity gives ordinary art:
 # TYPICAL_GAIN, GlazePerturb's mean target gain on TAEF2 over the 8 development images at 128², 100 steps,
-# robustness on (README, the per-preset table; bench/bench_glaze.py)
+# robustness on (bench/bench_glaze.py, the per-preset table)
 WEAK_SHARE = 0.1
 TYPICAL_GAIN = {"low": 0.35, "default": 0.47, "high": 0.54}
 

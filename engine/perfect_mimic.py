@@ -11,7 +11,7 @@ Gram matrices), a measure the cloak was not made against:
 
 0: a perfect mimic draws what it draws from the original; 1: it draws the target; above 0.5 it reads nearer the
 target (for a poison: nearer concept B than A). It is a screen, not the judge: bench/bench_mimicry.py trains
-models (README, "What has been shown"). Pixels ``[1, 3, H, W]`` padded to the encoder's multiple; ``size`` the
+models (README, "What has been shown, and what has not"). Pixels ``[1, 3, H, W]`` padded to the encoder's multiple; ``size`` the
 original ``(H, W)``.
 """
 from __future__ import annotations

@@ -58,15 +58,16 @@ class TrainMiniatureMimic(io.ComfyNode):
                                                       "for a real answer; the demo TAESD is a toy)."),
                 io.Int.Input("steps", default=1500, min=1, max=50000,
                              tooltip="Training steps (batch 32). ~1500 for a model that reproduces its set's style "
-                                     "(the README's fit check, line art and painting); 3000 for varied sets such as "
-                                     "photos or flat colour; fewer only to try the graph."),
+                                     "(the fit check of docs/evidence.md, line art and painting); 3000 for varied "
+                                     "sets such as photos or flat colour; fewer only to try the graph."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
                              tooltip="Seeds the weights, data order and noise: use the same seed for the clean and "
                                      "cloaked mimics, so the only difference is the data."),
                 io.Int.Input("crop_size", default=M.MIMIC_CROP, min=32, max=512, step=16,
                              tooltip="Side of the square crops cut from your images (a grid at half this stride); "
                                      "the mimic learns style at this scale. A multiple of 16. 64 is what the "
-                                     "README's fit check passed with; larger crops train slower and fit worse."),
+                                     "fit check of docs/evidence.md passed with; larger crops train slower and "
+                                     "fit worse."),
             ],
             outputs=[
                 MiniatureMimic.Output(display_name="mimic", tooltip="The trained miniature model: wire it into "
@@ -128,8 +129,8 @@ class SampleMiniatureMimic(io.ComfyNode):
                 io.Float.Input("guidance", default=M.MIMIC_GUIDANCE, min=0.0, max=5.0, step=0.05, optional=True,
                                tooltip="Autoguidance: how far each step is pushed away from the mimic's weaker twin "
                                        "(trained alongside it). 1.0 made the miniature reproduce its training set's "
-                                       "style (the README's fit check); flat colour fitted best at 1.5 with 100 "
-                                       "sampler_steps; 0 samples the mimic alone."),
+                                       "style (the fit check of docs/evidence.md); flat colour fitted best at 1.5 "
+                                       "with 100 sampler_steps; 0 samples the mimic alone."),
             ],
             outputs=[io.Image.Output(display_name="samples", tooltip="count samples, crop_size² each.")],
         )

@@ -174,7 +174,7 @@ class RobustnessCheck(io.ComfyNode):
                                tooltip="A diffusion model for DiffPure / noisy upscaling (with vae and positive). "
                                        "Without it, a TAE encoder with its decoder (TAEF2, the demo TAESD) "
                                        "purifies with the pack's miniature purifier (models/miniature): "
-                                       "far weaker than SD's, see the README."),
+                                       "far weaker than SD's, see docs/evidence.md."),
                 io.Conditioning.Input("positive", optional=True,
                                       tooltip="Conditioning the purifier denoises under (e.g. a caption)."),
                 io.Int.Input("purify_steps", default=20, min=1, max=200, optional=True,
@@ -238,7 +238,7 @@ class RobustnessCheck(io.ComfyNode):
                 found = find_purifier(purifier_member, PURIFIER_DIR)
                 if found.path is None:
                     ctx.no_diffuse = f"needs a diffusion model: wire vae, model and positive ({found.reason})"
-                else:  # the pack's generic miniature purifier over these latents (weak next to SD's: README)
+                else:  # the pack's generic miniature purifier over these latents (weak next to SD's: docs/evidence.md)
                     ctx.diffuse = miniature_diffuse(purifier_member, load_miniature(found.path, device), found.scale)
                     ctx.diffuse_label = "miniature purifier"
         if vae is not None:
