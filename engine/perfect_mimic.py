@@ -11,8 +11,8 @@ Gram matrices), a measure the cloak was not made against:
 
 0: a perfect mimic draws what it draws from the original; 1: it draws the target; above 0.5 it reads nearer the
 target (for a poison: nearer concept B than A). It is a screen, not the judge: bench/bench_mimicry.py trains
-models (README, "What has been shown, and what has not"). Pixels ``[1, 3, H, W]`` padded to the encoder's multiple; ``size`` the
-original ``(H, W)``.
+models (README, "What has been shown, and what has not"). Pixels ``[1, 3, H, W]`` padded to the encoder's
+multiple; ``size`` the original ``(H, W)``.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import math
 import torch
 
 from .objectives import decode_in_tiles
-from .style_score import pixel_style_features
+from .style_score import pixel_style_features, placement
 
 # a decoded target whose pixel style statistics lie this close (relative) to the original's leaves no gap to measure
 MIN_RELATIVE_GAP = 1e-4
@@ -44,9 +44,9 @@ def readout(member, original_latent: torch.Tensor, cloaked_padded: torch.Tensor,
     gap = float((f0 - ft).norm())
     if not math.isfinite(gap) or gap <= MIN_RELATIVE_GAP * max(float(f0.norm()), 1e-12):
         return {"mimic_share": float("nan"), "mimic_to_original": float("nan"), "mimic_to_target": float("nan")}
-    to_original, to_target = float((f1 - f0).norm()) / gap, float((f1 - ft).norm()) / gap
-    return {"mimic_share": to_original / max(to_original + to_target, 1e-12), "mimic_to_original": to_original,
-            "mimic_to_target": to_target}
+    where = placement(f0, ft, f1)  # the original's picture as the "artist", the decoded target as the target
+    return {"mimic_share": where["target_share"], "mimic_to_original": where["to_artist"],
+            "mimic_to_target": where["to_target"]}
 
 
 def decoder_member(encoder) -> int | None:
