@@ -284,6 +284,8 @@ class Outcome:
     gain: list[float] = field(default_factory=list)
     psnr: list[float] = field(default_factory=list)
     ssim: list[float] = field(default_factory=list)
+    haarpsi: list[float] = field(default_factory=list)
+    gmsd: list[float] = field(default_factory=list)
     kept: float | None = None
     verdict: str = "skipped"
     seconds: float = 0.0
@@ -293,8 +295,9 @@ class Outcome:
         mean = lambda v: sum(v) / len(v) if v else None  # noqa: E731
         return {"attack": self.spec, "label": self.label, "status": self.status, "reason": self.reason,
                 "kept": self.kept, "verdict": self.verdict, "gain": mean(self.gain), "psnr": mean(self.psnr),
-                "ssim": mean(self.ssim), "gain_per_image": self.gain, "psnr_per_image": self.psnr,
-                "ssim_per_image": self.ssim, "seconds": round(self.seconds, 3)}
+                "ssim": mean(self.ssim), "haarpsi": mean(self.haarpsi), "gmsd": mean(self.gmsd),
+                "gain_per_image": self.gain, "psnr_per_image": self.psnr, "ssim_per_image": self.ssim,
+                "haarpsi_per_image": self.haarpsi, "gmsd_per_image": self.gmsd, "seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -302,6 +305,8 @@ class SurvivalReport:
     clean_gain: list[float]
     outcomes: list[Outcome]
     title: str = "RobustnessCheck"
+    # what a person sees of the unattacked cloak (engine.metrics.visibility: haarpsi, gmsd, low_freq per image)
+    seen: dict = field(default_factory=dict)
 
     @property
     def mean_clean_gain(self) -> float:
@@ -309,7 +314,7 @@ class SurvivalReport:
 
     def as_dict(self) -> dict:
         return {"title": self.title, "images": len(self.clean_gain), "clean_gain": self.mean_clean_gain,
-                "clean_gain_per_image": self.clean_gain,
+                "clean_gain_per_image": self.clean_gain, "visibility": self.seen,
                 "thresholds": {"holds": HOLDS, "broken": BROKEN, "min_clean_gain": MIN_CLEAN_GAIN},
                 "verdict_rule": VERDICT_RULE, "attacks": [o.as_dict() for o in self.outcomes]}
 
@@ -317,19 +322,24 @@ class SurvivalReport:
         """The survival table as Markdown (a title paragraph, a table, the rules): ComfyUI's Preview Any renders it
         as a table; blank lines keep the paragraphs apart (Markdown joins single lines)."""
         cell = lambda v: str(v).replace("|", "/")  # noqa: E731
+        mean = lambda v: sum(v) / len(v)  # noqa: E731
+        seen = (f" · HaarPSI {mean(self.seen['haarpsi']):.3f}, GMSD {mean(self.seen['gmsd']):.4f}"
+                if self.seen.get("haarpsi") else "")
         lines = [f"**{self.title}** · {len(self.clean_gain)} image(s) · unattacked target gain "
-                 f"{self.mean_clean_gain:.3f}", "",
-                 "| attack | kept | gain | PSNR | SSIM | verdict |", "|---|---:|---:|---:|---:|---|"]
+                 f"{self.mean_clean_gain:.3f}{seen}", "",
+                 "| attack | kept | gain | PSNR | SSIM | HaarPSI | GMSD | verdict |",
+                 "|---|---:|---:|---:|---:|---:|---:|---|"]
         for o in self.outcomes:
             d = o.as_dict()
             if o.status != "ok":
-                lines.append(f"| {cell(o.label)} | - | - | - | - | skipped: {cell(o.reason)} |")
+                lines.append(f"| {cell(o.label)} | - | - | - | - | - | - | skipped: {cell(o.reason)} |")
                 continue
             kept = f"{100 * o.kept:.1f}%" if o.kept is not None else "n/a"
             lines.append(f"| {cell(o.label)} | {kept} | {d['gain']:.3f} | {d['psnr']:.2f} | {d['ssim']:.4f} | "
-                         f"{o.verdict} |")
+                         f"{d['haarpsi']:.3f} | {d['gmsd']:.4f} | {o.verdict} |")
         lines += ["", "kept = attacked gain / unattacked gain (both against the original, attacked the same way); "
-                      "PSNR/SSIM: attacked cloaked image vs original", "", VERDICT_RULE]
+                      "PSNR/SSIM/HaarPSI/GMSD: attacked cloaked image vs original (HaarPSI 1 and GMSD 0 = no visible "
+                      "change)", "", VERDICT_RULE]
         return "\n".join(lines)
 
     def text(self) -> str:
@@ -403,6 +413,8 @@ def check_survival(original: torch.Tensor, cloaked: torch.Tensor, objective_for:
             out.gain = gains(attacked_original, attacked, warp)
             out.psnr = [float(v) for v in metrics.psnr(attacked, original)]
             out.ssim = [float(v) for v in metrics.ssim(attacked, original)]
+            seen = metrics.visibility(original, attacked)
+            out.haarpsi, out.gmsd = seen["haarpsi"], seen["gmsd"]
             out.kept = (sum(out.gain) / len(out.gain)) / g0 if g0 >= MIN_CLEAN_GAIN else None
             out.verdict = verdict(out.kept)
             out.images = attacked.cpu()
@@ -410,7 +422,7 @@ def check_survival(original: torch.Tensor, cloaked: torch.Tensor, objective_for:
         outcomes.append(out)
         if ctx.on_attack is not None:
             ctx.on_attack(n + 1, len(attacks), attack.label)
-    return SurvivalReport(clean, outcomes, title)
+    return SurvivalReport(clean, outcomes, title, metrics.visibility(original, cloaked))
 
 
 __all__ = ["AttackContext", "cloak_objectives", "AttackKind", "Attack", "CATALOGUE", "DEFAULT_ATTACKS", "parse_attacks",

@@ -63,17 +63,20 @@ class CloakSettings:
     decoded_style: float = 0.0
     # start from the encoder's amortised warm start (engine.warmstart), where it carries one; else from zero
     warm_start: bool = False
+    # share of the change's local mean removed at every step (engine.budgets.AdaptiveBudget ``lowfreq_cut``):
+    # less mottle on smooth areas at the same PSNR; adaptive and lpips budgets only
+    lowfreq_cut: float = 0.0
 
     def schedule(self) -> Schedule:
         return Schedule(self.steps, self.step_rule, self.lr, self.lr_final, self.patience)
 
     def make_budget(self):
         if self.budget == "adaptive":
-            return AdaptiveBudget(self.eps, floor=self.floor, min_psnr=self.min_psnr)
+            return AdaptiveBudget(self.eps, floor=self.floor, min_psnr=self.min_psnr, lowfreq_cut=self.lowfreq_cut)
         if self.budget == "linf":
             return LinfBox(self.eps)
         if self.budget == "lpips":
-            return LpipsBudget(self.eps, floor=self.floor, min_psnr=self.min_psnr)
+            return LpipsBudget(self.eps, floor=self.floor, min_psnr=self.min_psnr, lowfreq_cut=self.lowfreq_cut)
         raise ValueError(f"unknown budget {self.budget!r}; choose adaptive, linf or lpips")
 
 
@@ -354,7 +357,8 @@ def format_report(reports: list[dict], title: str, notes: list[str] | None = Non
         shrunk = (f", change scaled to {r['floor_scale']:.2f} to keep the preset's SSIM/PSNR floor"
                   if r.get("floor_scale", 1.0) < 1.0 else "")
         shrunk = (f", in {r['tiles']} tiles" if r.get("tiles", 1) > 1 else "") + shrunk
-        lines.append(f"image {i}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}, target gain "
+        seen = (f", HaarPSI {r['haarpsi']:.3f}, GMSD {r['gmsd']:.4f}" if "haarpsi" in r else "")
+        lines.append(f"image {i}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}{seen}, target gain "
                      f"{r['target_gain']:.3f}, max change {r['linf_255']:.0f}/255, {r['steps']} steps, "
                      f"{r['seconds']:.1f} s{shrunk}" + mimic_text(r))
     return "\n\n".join(lines)  # blank lines: ComfyUI's Preview Any renders Markdown, which joins single lines

@@ -142,6 +142,7 @@ class CloakJob:
             reports.append({**self._mimic(objective, scoring, x, x_adv),
                 "psnr": float(metrics.psnr(x_adv, x)[0]),
                 "ssim": float(metrics.ssim(x_adv, x)[0]),
+                **{k: v[0] for k, v in metrics.visibility(x, x_adv).items()},
                 "target_gain": float(gain[0]),
                 "linf_255": float((x_adv - x).abs().max() * 255),
                 "steps": res.steps_run,

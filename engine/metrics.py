@@ -1,7 +1,15 @@
-"""Metrics: PSNR, SSIM (kornia) and target gain. Pixels ``[B, 3, H, W]`` in 0..1; each returns ``[B]``."""
+"""Metrics: PSNR, SSIM (kornia), HaarPSI and GMSD (piq), the change's low-frequency share and target gain.
+Pixels ``[B, 3, H, W]`` in 0..1; each returns ``[B]``.
+
+HaarPSI (Reisenhofer et al. 2018; 1 = identical, lower = more visible) and GMSD (Xue et al. 2014; 0 = identical,
+higher = more visible) are full-reference measures of what a person sees that need no downloaded weights; PSNR
+counts every changed level alike, so two changes of one PSNR can differ in visibility (a smooth mottle against fine
+grain). They come from ``piq`` (listed in requirements.txt), a maintained library of differentiable image measures.
+"""
 from __future__ import annotations
 
 import kornia
+import piq
 import torch
 
 
@@ -12,6 +20,32 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11) -> torch.Tensor:
     return kornia.metrics.ssim(a.float(), b.float(), window).flatten(1).mean(1)
+
+
+def haarpsi(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """HaarPSI of ``a`` against ``b`` (``piq.haarpsi``, its own defaults; 1 = identical). Differentiable."""
+    return piq.haarpsi(a.float().clamp(0, 1), b.float().clamp(0, 1), data_range=1.0, reduction="none")
+
+
+def gmsd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Gradient-magnitude similarity deviation of ``a`` against ``b`` (``piq.gmsd``; 0 = identical). Differentiable."""
+    return piq.gmsd(a.float().clamp(0, 1), b.float().clamp(0, 1), data_range=1.0, reduction="none")
+
+
+def low_frequency_share(original: torch.Tensor, changed: torch.Tensor, box: int = 5) -> torch.Tensor:
+    """Energy of a ``box``² box blur of the change over the change's energy (0..1): how much of the change is smooth
+    blotches rather than fine grain (Gaussian noise ~0.04, plain PGD ~0.13; what mottles a smooth sky is the rest)."""
+    d = changed.float() - original.float()
+    low = kornia.filters.box_blur(d, (box, box), border_type="reflect")
+    return low.pow(2).flatten(1).sum(1) / d.pow(2).flatten(1).sum(1).clamp_min(1e-20)
+
+
+def visibility(original: torch.Tensor, changed: torch.Tensor) -> dict[str, list[float]]:
+    """Per image, what a person would see of the change: ``haarpsi``, ``gmsd`` and ``low_freq`` (lists of floats)."""
+    with torch.no_grad():
+        return {"haarpsi": [float(v) for v in haarpsi(changed, original)],
+                "gmsd": [float(v) for v in gmsd(changed, original)],
+                "low_freq": [float(v) for v in low_frequency_share(original, changed)]}
 
 
 def target_gain(d_original: torch.Tensor, d_cloaked: torch.Tensor) -> torch.Tensor:

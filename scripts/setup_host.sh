@@ -50,11 +50,12 @@ if [ ! -f "$HOST/venv/.stamp" ]; then
   touch "$HOST/venv/.stamp"
 fi
 
-# Dev/test requirements changed since the venv was made (a new test dependency): install them into it too.
-DEV_HASH="$(sha256sum "$ROOT/requirements-dev.txt" | cut -c1-16)"
+# The pack's or the dev/test requirements changed since the venv was made (a new dependency): install them too.
+DEV_HASH="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" | sha256sum | cut -c1-16)"
 if [ "$(cat "$HOST/venv/.dev-stamp" 2>/dev/null)" != "$DEV_HASH" ]; then
-  echo "[setup] installing requirements-dev.txt into the venv"
-  "$HOST/venv/bin/python" -m pip install --quiet -c "$HOST/constraints.txt" -r "$ROOT/requirements-dev.txt"
+  echo "[setup] installing requirements.txt and requirements-dev.txt into the venv"
+  "$HOST/venv/bin/python" -m pip install --quiet -c "$HOST/constraints.txt" -r "$ROOT/requirements.txt" \
+      -r "$ROOT/requirements-dev.txt"
   echo "$DEV_HASH" > "$HOST/venv/.dev-stamp"
 fi
 

@@ -116,7 +116,9 @@ def test_report_json_matches_the_table(cl):
     assert out.ui["text"][0] == table
     assert f"unattacked target gain {report['clean_gain']:.3f}" in table
     lines = table.splitlines()
-    assert "| attack | kept | gain | PSNR | SSIM | verdict |" in lines  # a Markdown table: Preview Any renders it
+    assert "| attack | kept | gain | PSNR | SSIM | HaarPSI | GMSD | verdict |" in lines  # Preview Any renders it
+    seen = report["visibility"]
+    assert f"HaarPSI {sum(seen['haarpsi']) / len(seen['haarpsi']):.3f}" in table
     for row in report["attacks"]:
         line = next(ln for ln in lines if ln.startswith(f"| {row['label']} |"))
         cells = [c.strip() for c in line.strip("|").split("|")][1:]
@@ -124,9 +126,11 @@ def test_report_json_matches_the_table(cl):
             assert "skipped:" in line and row["reason"] in line
             continue
         assert cells[0] == f"{100 * row['kept']:.1f}%"
-        assert [float(c) for c in cells[1:4]] == [round(row["gain"], 3), round(row["psnr"], 2),
-                                                   round(row["ssim"], 4)]
-        assert cells[4] == row["verdict"]
+        assert [float(c) for c in cells[1:6]] == [round(row["gain"], 3), round(row["psnr"], 2),
+                                                   round(row["ssim"], 4), round(row["haarpsi"], 3),
+                                                   round(row["gmsd"], 4)]
+        assert 0 < row["haarpsi"] <= 1 and row["gmsd"] >= 0
+        assert cells[6] == row["verdict"]
     # the rule printed under the table is the one applied
     assert report["thresholds"] == {"holds": 0.7, "broken": 0.3, "min_clean_gain": 0.01}
     for row in report["attacks"]:
