@@ -47,6 +47,9 @@ def texture_map(x: torch.Tensor, window: int = 7, knee: float = 0.03, smooth: fl
     return kornia.filters.gaussian_blur2d(t, (k, k), (smooth, smooth), border_type="reflect").clamp(0, 1)
 
 
+LOWFREQ_BOX = 5  # px: the box whose blur of the change counts as its low-frequency part (as the metric's)
+
+
 class AdaptiveBudget(LinfBox):
     """Content-adaptive budget (the default): change goes where texture hides it.
 
@@ -56,15 +59,24 @@ class AdaptiveBudget(LinfBox):
     moves the encoder most rather than saturating every pixel as an L∞ sign attack does.
     """
 
-    def __init__(self, eps: float, floor: float = 0.1, min_psnr: float | None = None, window: int = 7):
+    def __init__(self, eps: float, floor: float = 0.1, min_psnr: float | None = None, window: int = 7,
+                 lowfreq_cut: float = 0.0):
         super().__init__(eps)
         if not 0 <= floor <= 1:
             raise ValueError(f"floor must be in [0, 1], got {floor}")
+        if not 0 <= lowfreq_cut <= 1:
+            raise ValueError(f"lowfreq_cut must be in [0, 1], got {lowfreq_cut}")
         self.floor, self.min_psnr, self.window = float(floor), min_psnr, window
+        # share of the change's local mean (a LOWFREQ_BOX² box blur of it) taken out at every projection, in smooth
+        # areas (scaled by 1 - texture): smooth blotches there (what mottles a sky at 1:1;
+        # engine.metrics.low_frequency_share) give way to fine grain; texture hides slow change and keeps it
+        self.lowfreq_cut = float(lowfreq_cut)
+        self.smooth: torch.Tensor | None = None
         self.radius: torch.Tensor | None = None
 
     def setup(self, x: torch.Tensor) -> None:
         t = texture_map(x.float(), self.window)
+        self.smooth = 1 - t
         caps = self.eps * (self.floor + (1 - self.floor) * t)
         # caps on whole 8-bit levels: a change saturated at its cap then survives the final rounding intact
         # (a cap of 3.6 levels would otherwise be rounded down to 3, losing a tenth of the change)
@@ -74,6 +86,9 @@ class AdaptiveBudget(LinfBox):
             self.radius = torch.full((x.shape[0],), math.sqrt(n) * 10 ** (-self.min_psnr / 20), device=x.device)
 
     def project(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        if self.lowfreq_cut > 0:
+            delta = delta - (self.lowfreq_cut * self.smooth) * kornia.filters.box_blur(
+                delta, (LOWFREQ_BOX, LOWFREQ_BOX), border_type="reflect")
         delta = super().project(x, delta)
         if self.radius is not None:
             norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
