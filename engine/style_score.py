@@ -93,19 +93,69 @@ def latent_style_features(latents: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def set_features(images: Sequence[torch.Tensor], describe: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Mean descriptor of a set of images (each ``[1 or B, 3, H, W]``, sizes may differ): ``[D]``."""
+# The measures compare pictures, not strips: a side more than MAX_ASPECT times the other is refused (a 1x4096 strip
+# at a 128 px short side is a 128x524288 picture, gigabytes); pictures larger than SCORE_SIDE on their long side
+# are scored downscaled to it (every set alike; both measures are statistics of the whole picture)
+MAX_ASPECT = 8
+SCORE_SIDE = 1024
+# the artist-to-target gap under this share of the sets' own size is no gap (identical sets up to rounding)
+SAME_STYLE = 1e-4
+
+
+def check_score_images(images: Sequence[torch.Tensor], what: str) -> list[str]:
+    """Refuse what the measures cannot take, before any work; returns notes on what was downscaled."""
+    notes = []
+    for i, x in enumerate(images):
+        h, w = x.shape[-2:]
+        if min(h, w) < 8 or max(h, w) > MAX_ASPECT * min(h, w):
+            raise ValueError(f"{what}: image {i + 1} is {w}x{h}: the style measures compare pictures at least 8 px "
+                             f"a side and at most {MAX_ASPECT}:1 (a strip this long would take gigabytes); crop or "
+                             "resize it to an ordinary picture first")
+        if max(h, w) > SCORE_SIDE:
+            notes.append(f"{what} image {i + 1} ({w}x{h}) scored at {SCORE_SIDE} px on its long side")
+    return notes
+
+
+def fit_for_scoring(x: torch.Tensor) -> torch.Tensor:
+    """``x`` downscaled (area) to SCORE_SIDE on its long side when larger; unchanged otherwise."""
+    h, w = x.shape[-2:]
+    if max(h, w) <= SCORE_SIDE:
+        return x
+    scale = SCORE_SIDE / max(h, w)
+    return F.interpolate(x.float(), size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
+
+
+def image_features(images: Sequence[torch.Tensor], describe: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """One descriptor per image of a set (each ``[1 or B, 3, H, W]``, sizes may differ): ``[N, D]``."""
     if not images:
         raise ValueError("an image set is empty: connect at least one image to every input")
-    return torch.cat([describe(x) for x in images]).mean(0)
+    return torch.cat([describe(fit_for_scoring(x)) for x in images])
+
+
+def set_features(images: Sequence[torch.Tensor], describe: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Mean descriptor of a set of images (each ``[1 or B, 3, H, W]``, sizes may differ): ``[D]``."""
+    return image_features(images, describe).mean(0)
+
+
+def mean_uncertainty(features: torch.Tensor) -> float:
+    """How far the set's mean descriptor could move with other pictures of the same style: the RMS distance of its
+    images' descriptors to their mean over sqrt(count - 1) (a standard error; 0 for one image)."""
+    n = features.shape[0]
+    if n < 2:
+        return 0.0
+    rms = float((features - features.mean(0)).pow(2).sum(1).mean().sqrt())
+    return rms / (n - 1) ** 0.5
 
 
 def placement(artist: torch.Tensor, target: torch.Tensor, generated: torch.Tensor) -> dict:
     """Where ``generated`` (a set's mean descriptor) sits between ``artist`` and ``target``."""
     gap = (artist - target).norm().item()
-    if gap < 1e-9:
-        raise ValueError("the artist's set and the target-style set have the same style statistics; give a target "
-                         "style that differs from the artwork (e.g. img2img with a style prompt)")
+    size = max(artist.norm().item(), target.norm().item())
+    if gap <= SAME_STYLE * size or gap < 1e-9:
+        raise ValueError(f"the artist's set and the target-style set have the same style statistics (their gap is "
+                         f"{gap / max(size, 1e-12):.1e} of the statistics themselves: the same pictures, up to a "
+                         "few pixels); give a target style that differs from the artwork (e.g. img2img with a "
+                         "style prompt)")
     to_artist, to_target = (generated - artist).norm().item() / gap, (generated - target).norm().item() / gap
     return {"to_artist": to_artist, "to_target": to_target,
             "target_share": to_artist / max(to_artist + to_target, 1e-12)}
@@ -125,11 +175,26 @@ def mimicry_scores(artist: Sequence[torch.Tensor], target: Sequence[torch.Tensor
 
         measures["latent"] = describe_latent
     result: dict = {name: {} for name in generations}
+    result["notes"] = check_score_images(artist, "artist") + check_score_images(target, "target") + [
+        n for name, images in generations.items() for n in check_score_images(images, name)]
+    result["verdict"], unclear = {}, []
     for measure, describe in measures.items():
-        a, t = set_features(artist, describe), set_features(target, describe)
+        fa, ft = image_features(artist, describe), image_features(target, describe)
+        a, t = fa.mean(0), ft.mean(0)
         for name, images in generations.items():
             result[name][measure] = placement(a, t, set_features(images, describe))
-    result["verdict"] = {m: max(generations, key=lambda n: result[n][m]["target_share"]) for m in measures}
+        # a gap within twice what the sets' own spread lets their means wander is no style difference to place
+        # anything on: no winner
+        own = 2 * (mean_uncertainty(fa) ** 2 + mean_uncertainty(ft) ** 2) ** 0.5
+        if (a - t).norm().item() <= own:
+            unclear.append(f"{measure}: the artist-to-target gap ({(a - t).norm().item():.3g}) is within what the "
+                           f"sets' own spread explains ({own:.3g})")
+            result["verdict"][measure] = "none"
+        else:
+            result["verdict"][measure] = max(generations, key=lambda n: result[n][measure]["target_share"])
+    if unclear:
+        result["warning"] = ("WARNING: the target style is not told apart from the artist's (" + "; ".join(unclear)
+                             + "): no verdict; give a target set whose style clearly differs from the artwork")
     return result
 
 

@@ -191,6 +191,25 @@ def build(sd: dict, kind: str, what: str = "weights") -> tuple[nn.Sequential, TA
     return net.eval().requires_grad_(False), info
 
 
+MAX_TAE_BYTES = 256 * 2**20  # the largest file taken for a TAE half (they are 1-10 MiB)
+
+
+def check_safetensors_keys(path: str, name: str) -> None:
+    """Refuse a ``.safetensors`` file whose header names no TAE layer, from the header alone (no tensor is read)."""
+    import safetensors
+    try:
+        with safetensors.safe_open(path, framework="pt", device="cpu") as f:
+            keys = list(f.keys())
+    except Exception as e:  # a header that is no JSON, a length past the file's end, ...
+        raise BadTAEFile(f"{name}: not a readable weights file: truncated or corrupt ({type(e).__name__}); "
+                         "download it again or remove it from models/vae_approx") from None
+    stripped = [k for kind in ("encoder", "decoder") for k in strip_prefix(dict.fromkeys(keys), kind)]
+    if not any(_INDEX.match(k) for k in stripped):
+        found = ", ".join(sorted(keys)[:6]) + (" …" if len(keys) > 6 else "")
+        raise BadTAEFile(f"{name}: not a TAESD-family file: expected keys like '0.weight', '1.conv.0.weight'; "
+                         f"found {len(keys)} keys ({found or 'none'})")
+
+
 def load_state_dict(path: str) -> dict:
     """A ``.pth``/``.pt`` (torch, weights only) or ``.safetensors`` file as a state dict of finite float tensors.
 
@@ -200,6 +219,13 @@ def load_state_dict(path: str) -> dict:
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path}")
+    size = os.path.getsize(path)
+    if size > MAX_TAE_BYTES:  # refused before a byte of it is read: a wrong file must not fill the memory first
+        raise BadTAEFile(f"{name}: {size / 2**20:,.0f} MiB, where TAESD-family files are a few MiB (TAEF2's halves "
+                         f"2.6 MiB each; the limit here is {MAX_TAE_BYTES // 2**20} MiB): not a TAE. A full-size VAE "
+                         "belongs in models/vae (wire it with Load VAE or the vae_name input)")
+    if path.endswith(".safetensors"):
+        check_safetensors_keys(path, name)
     try:
         if path.endswith(".safetensors"):
             import safetensors.torch

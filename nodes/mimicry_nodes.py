@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 import comfy.model_management as mm
+import torch
 import comfy.utils
 from comfy_api.latest import io
 
@@ -51,9 +52,13 @@ class TrainMiniatureMimic(io.ComfyNode):
             description="Trains a small latent diffusion model from scratch on crops of your images, through the "
                         "encoder's latents: a mimic in miniature. Train one on your clean images and one on the "
                         "cloaked copies (same seed), then compare their samples. Minutes on a CPU.",
+            # a list (Load Artwork Folder: one item per file, sizes may differ) is one training set, not one mimic per
+            # image: the node takes its inputs as lists
+            is_input_list=True,
             inputs=[
-                io.Image.Input("images", tooltip="The set the mimic learns from (a batch; each image at least "
-                                                 "crop_size on both sides)."),
+                io.Image.Input("images", tooltip="The set the mimic learns from: a batch, or a list such as Load "
+                                                 "Artwork Folder's (one mimic of the whole list; sizes may differ), "
+                                                 "each image at least crop_size on both sides."),
                 CloakEncoder.Input("encoder", tooltip="From LoadVAEEncoder with a TAE file and its decoder (TAEF2 "
                                                       "for a real answer; the demo TAESD is a toy)."),
                 io.Int.Input("steps", default=1500, min=1, max=50000,
@@ -78,13 +83,18 @@ class TrainMiniatureMimic(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, encoder, steps, seed, crop_size) -> io.NodeOutput:
+        encoder, steps, seed, crop_size = encoder[0], steps[0], seed[0], crop_size[0]  # is_input_list: one each
         member = decoding_member(encoder)
         unit = member.multiple * 2
         if crop_size % unit:
             raise ValueError(f"crop_size {crop_size} must be a multiple of {unit} for this encoder (its downscale "
                              f"{member.multiple} x the mimic's 2 levels)")
-        pixels = image_to_engine(images, "images")
-        x = M.crops(pixels, crop_size, crop_size // 2)
+        if not images:
+            raise ValueError("images: the list is empty; connect the set the mimic should learn from")
+        batches = [image_to_engine(b, "images" if len(images) == 1 else f"images (list item {i + 1})")
+                   for i, b in enumerate(images)]
+        x = torch.cat([M.crops(p, crop_size, crop_size // 2) for p in batches])
+        count = sum(p.shape[0] for p in batches)
         if member.prepare is not None:
             member.prepare()
         bar = comfy.utils.ProgressBar(steps)
@@ -103,7 +113,7 @@ class TrainMiniatureMimic(io.ComfyNode):
         with grad_work():
             model = M.train(z, None, config, settings, on_step=on_step)
         seconds = time.perf_counter() - start
-        summary = (f"TrainMiniatureMimic | {x.shape[0]} crops of {crop_size}² from {pixels.shape[0]} image(s), latents "
+        summary = (f"TrainMiniatureMimic | {x.shape[0]} crops of {crop_size}² from {count} image(s), latents "
                    f"{list(z.shape[1:])} ({member.name}), {steps} steps (and as many for the width-"
                    f"{settings.weak_width} weak model that sampling guides away from), seed {seed}, final loss "
                    f"{last.get('loss', float('nan')):.4f}, {seconds:.0f} s")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from io import BytesIO
 
 import numpy as np
 import torch
@@ -19,16 +20,31 @@ from comfy_api.latest import io
 
 from .files import MAX_NAME, SavedFiles, input_subfolder, inside, safe_subfolder
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+Image.init()
+# every still or animated format Pillow reads, by extension (PNG, JPEG, WebP, TIFF, BMP, GIF, ...); Pillow reads a
+# file by its content, so a PNG named .jpg loads as the PNG it is
+IMAGE_EXTENSIONS = tuple(sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN))
+# files a system leaves in folders, never artwork: passed over without a note
+SYSTEM_FILES = ("thumbs.db", "desktop.ini")
+# the largest picture a portfolio loads (pixels): 16384², 3 GiB as ComfyUI's float image; the cloak's own estimate
+# decides afterwards whether it can be cloaked here (tiles) or must be downscaled
+MAX_PIXELS = 2**28
+# the smallest side a portfolio image may have (px; the smallest any encoder takes, TAESD's; TAEF2 needs 64):
+# smaller pictures (icons) are left out, named in the report
+MIN_SIDE = 32
 _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
 
 
+def folder_files(directory: str) -> list[str]:
+    """Every regular file directly in ``directory`` a person put there, sorted by name (case-insensitive)."""
+    return sorted((f for f in os.listdir(directory) if not f.startswith(".") and f.lower() not in SYSTEM_FILES
+                   and os.path.isfile(os.path.join(directory, f))), key=str.lower)
+
+
 def image_files(directory: str, root: str) -> list[str]:
-    """Image files directly in ``directory``, sorted by name (case-insensitive). A file that links outside ``root``
-    (ComfyUI's input folder) is refused, as a folder that does is: one rule for both."""
-    names = sorted((f for f in os.listdir(directory)
-                    if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(directory, f))),
-                   key=str.lower)
+    """Image files directly in ``directory`` (any format Pillow reads), sorted by name (case-insensitive). A file
+    that links outside ``root`` (ComfyUI's input folder) is refused, as a folder that does is: one rule for both."""
+    names = [f for f in folder_files(directory) if f.lower().endswith(IMAGE_EXTENSIONS)]
     for f in names:
         if not inside(root, os.path.join(directory, f)):
             raise ValueError(f"{f} in {directory} links to {os.path.realpath(os.path.join(directory, f))}, outside "
@@ -36,21 +52,67 @@ def image_files(directory: str, root: str) -> list[str]:
     return names
 
 
-def read_image(path: str) -> Image.Image:
-    """The file, fully decoded; a truncated or corrupt one is refused (PIL would fill the missing part with black,
-    and the cloak would be saved under the artwork's name)."""
+class TooBig(ValueError):
+    """A picture over MAX_PIXELS: left out of a portfolio, named in its report."""
+
+
+def read_image(path: str, notes: list[str] | None = None) -> Image.Image:
+    """The file, fully decoded (the first frame of an animation, said in ``notes``); a truncated or corrupt one is
+    refused (PIL would fill the missing part with black, and the cloak would be saved under the artwork's name), a
+    picture over MAX_PIXELS refused with :class:`TooBig`, naming its size (Pillow's own decompression-bomb limit,
+    about 179 MP, is replaced by MAX_PIXELS here: a large painting is no bomb)."""
     name = os.path.basename(path)
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # ComfyUI's loaders turn it on; a portfolio must not lose half an image
+    Image.MAX_IMAGE_PIXELS = None  # the size is checked below, from the header, before anything is decoded
     try:
         img = Image.open(path)
+        w, h = img.size
+        if w * h > MAX_PIXELS:
+            raise TooBig(f"{name}: {w}x{h} ({w * h / 1e6:.0f} MP) is over the {MAX_PIXELS / 1e6:.0f} MP a portfolio "
+                         "image may have here: downscale it (its long side to 8192 px keeps it sharp) and load it "
+                         "again")
+        frames = getattr(img, "n_frames", 1)
         img.load()
+    except TooBig:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"{name}: the file is truncated or corrupt ({e}); export it again or move it out of the "
                          "folder") from None
     finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+        ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = previous
+    if frames > 1 and notes is not None:
+        notes.append(f"{name}: an animation of {frames} frames: only its first frame was loaded (and is cloaked and "
+                     "saved as a still PNG); the other frames are not protected. Cloak an animation frame by frame")
     return ImageOps.exif_transpose(img)
+
+
+def to_srgb(img: Image.Image, name: str, notes: list[str] | None = None) -> Image.Image:
+    """An RGB(A)/palette image with an embedded colour profile other than sRGB converted to sRGB (a Display P3
+    picture read as sRGB looks washed out, and its cloak would be saved so), said in ``notes``; other images as
+    they are."""
+    icc = img.info.get("icc_profile")
+    if not icc or img.mode not in ("RGB", "RGBA", "P", "PA", "LA", "L"):
+        return img
+    from PIL import ImageCms
+    try:
+        source = ImageCms.ImageCmsProfile(BytesIO(icc))
+        described = (ImageCms.getProfileDescription(source) or "").strip()
+    except (OSError, ImageCms.PyCMSError):
+        if notes is not None:
+            notes.append(f"{name}: its embedded colour profile cannot be read; the pixels were taken as sRGB")
+        return img
+    if "srgb" in described.lower().replace(" ", ""):
+        return img
+    if img.mode != "RGB":  # transparency composited on white first, as every portfolio image is
+        img = Image.fromarray((to_float_rgb(img) * 255 + 0.5).astype(np.uint8))
+    converted = ImageCms.profileToProfile(img, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    if notes is not None:
+        notes.append(f"{name}: converted from its colour profile ({described or 'unnamed'}) to sRGB; the cloak is "
+                     "saved in sRGB")
+    return converted
+
+
 
 
 def to_float_rgb(img: Image.Image) -> np.ndarray:
@@ -74,10 +136,12 @@ def to_float_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def load_rgb(path: str) -> torch.Tensor:
-    """An image file as IMAGE ``[1, H, W, 3]`` (EXIF rotation applied; transparency composited on white; 16-bit
-    greys keep their levels: see :func:`to_float_rgb`)."""
-    img = read_image(path)
+def load_rgb(path: str, notes: list[str] | None = None) -> torch.Tensor:
+    """An image file as IMAGE ``[1, H, W, 3]`` (EXIF rotation applied; an embedded colour profile converted to sRGB;
+    transparency composited on white; 16-bit greys keep their levels: see :func:`to_float_rgb`). What was changed
+    on the way (a profile, an animation's other frames) is said in ``notes``."""
+    img = read_image(path, notes)
+    img = to_srgb(img, os.path.basename(path), notes)
     if img.mode.startswith(("I", "F")):
         logging.info("LoadArtworkFolder: %s is a %s image; its cloak is saved with 8-bit levels",
                      os.path.basename(path), img.mode)
@@ -149,6 +213,20 @@ def set_warning(names: list[str], warned: list[bool]) -> str | None:
             + ", ".join(bad) + " (see their rows)")
 
 
+# names of a loaded folder -> its notes (LoadArtworkFolder's ``notes``): Save Cloaked Folder finds them by the names it
+# is given when its notes input is not wired (workflows saved before it existed)
+LOAD_NOTES: dict[tuple, str] = {}
+
+
+def folder_notes(skipped: list[str], notes: list[str], count: int) -> str:
+    """The load's notes as Markdown lines: a WARNING naming every file left out first, then every change made on
+    the way ('' when there is nothing to say)."""
+    warn = ([f"{len(skipped)} of {count} file(s) in the folder were not loaded, so not cloaked: " + "; ".join(skipped)]
+            if skipped else []) + [n for n in notes if "animation" in n]
+    lines = (["WARNING: " + "; ".join(warn)] if warn else []) + [n for n in notes if "animation" not in n]
+    return "\n\n".join(lines)
+
+
 class LoadArtworkFolder(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -168,6 +246,10 @@ class LoadArtworkFolder(io.ComfyNode):
                                 tooltip="One image per file, in name order (each keeps its own size)."),
                 io.String.Output(display_name="names", is_output_list=True,
                                  tooltip="The file names, in the same order (for Save Cloaked Folder)."),
+                io.String.Output(display_name="notes",
+                                 tooltip="What loading left out or changed: files skipped and why (not an image, "
+                                         "too small, too large), animations cut to their first frame, colour "
+                                         "profiles converted to sRGB. Save Cloaked Folder puts them in its report."),
             ],
         )
 
@@ -179,16 +261,37 @@ class LoadArtworkFolder(io.ComfyNode):
             raise ValueError(f"folder {folder!r} is not a folder inside ComfyUI's input folder ({root}); create it "
                              "and put your images there")
         files = image_files(directory, root)
-        if not files:
-            raise ValueError(f"folder {folder!r} holds no {'/'.join(IMAGE_EXTENSIONS)} images; add your artwork there")
-        return io.NodeOutput([load_rgb(os.path.join(directory, f)) for f in files], files)
+        skipped = [f"{f}: not an image file Pillow reads (by its extension)" for f in folder_files(directory)
+                   if f not in files]
+        images, names, notes = [], [], []
+        for f in files:
+            try:
+                image = load_rgb(os.path.join(directory, f), notes)
+            except TooBig as e:
+                skipped.append(str(e))
+                continue
+            h, w = image.shape[1:3]
+            if min(h, w) < MIN_SIDE:
+                skipped.append(f"{f}: {w}x{h} is smaller than the {MIN_SIDE} px a side a cloak needs: upscale it "
+                               "first")
+                continue
+            images.append(image)
+            names.append(f)
+        text = folder_notes(skipped, notes, len(names) + len(skipped))
+        if text:
+            logging.warning("LoadArtworkFolder | %s", text.splitlines()[0])
+        if not images:
+            raise ValueError(f"folder {folder!r} holds no image that can be cloaked"
+                             + (f": {text}" if text else "; add your artwork there"))
+        LOAD_NOTES[tuple(names)] = text
+        return io.NodeOutput(images, names, text)
 
     @classmethod
     def fingerprint_inputs(cls, folder):
         root = folder_paths.get_input_directory()
         try:
             directory = input_subfolder(root, folder)
-            return [(f, os.path.getmtime(os.path.join(directory, f))) for f in image_files(directory, root)]
+            return [(f, os.path.getmtime(os.path.join(directory, f))) for f in folder_files(directory)]
         except (OSError, ValueError):
             return float("nan")
 
@@ -214,6 +317,10 @@ class SaveCloakedFolder(io.ComfyNode):
                 io.String.Input("reports", force_input=True, optional=True,
                                 tooltip="Optional: the report of each image (GlazePerturb's report output), "
                                         "gathered into one table for the set."),
+                io.String.Input("notes", force_input=True, optional=True,
+                                tooltip="Optional: Load Artwork Folder's notes (files it left out, animations, "
+                                        "colour profiles), put at the top of the report. Unwired, the notes of the "
+                                        "folder these names were loaded from are used."),
             ],
             outputs=[
                 io.String.Output(display_name="report", tooltip="One Markdown table for the set: original name, "
@@ -223,8 +330,10 @@ class SaveCloakedFolder(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, images, names, folder, reports=None) -> io.NodeOutput:
+    def execute(cls, images, names, folder, reports=None, notes=None) -> io.NodeOutput:
         folder = folder[0]
+        load_notes = "\n\n".join(str(n) for n in notes if n) if notes else LOAD_NOTES.get(tuple(names), "")
+        load_lines = [line for line in load_notes.split("\n\n") if line.strip()]
         singles = [b[i:i + 1, ..., :3] for b in images for i in range(b.shape[0] if b.ndim == 4 else 1)]
         singles = [s if s.ndim == 4 else s[None] for s in singles]
         if len(names) != len(singles):
@@ -239,11 +348,17 @@ class SaveCloakedFolder(io.ComfyNode):
             saved.append(create_exclusive(directory, stem, ".png",
                                           lambda f, p=pixels: Image.fromarray(p).save(f, format="PNG")))
         header = "| # | original | saved as |" + (" cloak |" if cells else "")
-        warning = set_warning(list(names), warned)
-        if warning is not None:
+        warnings = [w for w in (set_warning(list(names), warned),) if w is not None] + [
+            line for line in load_lines if line.startswith("WARNING")]
+        if warnings:
+            warning = "WARNING: " + "; ".join(w.removeprefix("WARNING: ") for w in warnings)
             logging.warning("SaveCloakedFolder | %s", warning)
+        else:
+            warning = None
+        others = [line for line in load_lines if not line.startswith("WARNING")]
         lines = ([f"**{warning}**", ""] if warning else []) + [
-            f"### {len(saved)} images saved to `{directory}`", ""] + ([title, ""] if title else []) + [
+            f"### {len(saved)} images saved to `{directory}`", ""] + (
+            ["Loading: " + "; ".join(others), ""] if others else []) + ([title, ""] if title else []) + [
             header, "|---|---|---|" + ("---|" if cells else "")]
         for i, (name, out) in enumerate(zip(names, saved)):
             lines.append(f"| {i + 1} | {name} | {out} |" + (f" {cells[i]} |" if cells else ""))

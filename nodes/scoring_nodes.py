@@ -43,8 +43,9 @@ def labelled_grid(rows: list[list[torch.Tensor]], tile: int, labels: tuple[str, 
 
 
 def markdown_report(scores: dict, counts: dict, kind: str = "LoRA") -> str:
-    names = {"clean_lora": f"{kind} on clean set", "cloaked_lora": f"{kind} on cloaked set"}
-    lines = ["### Style mimicry test", "",
+    names = {"clean_lora": f"{kind} on clean set", "cloaked_lora": f"{kind} on cloaked set", "none":
+             "none (no verdict: see the warning)"}
+    lines = ([f"**{scores['warning']}**", ""] if scores.get("warning") else []) + ["### Style mimicry test", "",
              "Distances are in units of the artist-to-target gap; **target share** = d(artist) / (d(artist) + "
              f"d(target)): 0 = the artist's style, 1 = the target style. The cloak works when the cloaked-set "
              f"{kind}'s share is higher than the clean-set {kind}'s.", "",
@@ -57,7 +58,8 @@ def markdown_report(scores: dict, counts: dict, kind: str = "LoRA") -> str:
     lines += [f"| {m} | {names.get(w, w.replace('_', ' '))} |" for m, w in scores["verdict"].items()]
     lines += ["", "Images: " + ", ".join(f"{names.get(k, k)} {v}" for k, v in counts.items())
               + ". With random or barely trained models these numbers show that the test runs, not that the cloak "
-              "protects."]
+              "protects."] + (["", "Downscaled for scoring: " + "; ".join(scores["notes"]) + "."]
+                              if scores.get("notes") else [])
     return "\n".join(lines)
 
 

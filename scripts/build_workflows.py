@@ -202,7 +202,8 @@ def glaze_portfolio(info: dict) -> dict:
                        (target, "IMAGE", style, "style"), (folder, "images", glaze, "image"),
                        (vae_enc, "encoder", glaze, "encoder"), (style, "style_target", glaze, "style_target"),
                        (glaze, "cloaked", save, "images"), (folder, "names", save, "names"),
-                       (glaze, "report", save, "reports"), (save, "report", report, "source")):
+                       (glaze, "report", save, "reports"), (folder, "notes", save, "notes"),
+                       (save, "report", report, "source")):
         g.link(a, o, b, i)
     return g.to_json()
 

@@ -175,3 +175,20 @@ def test_every_numeric_input_accepts_its_own_schema_minimum_and_maximum(comfy_ho
                 node_class.execute(**kwargs)
             except (ValueError, TypeError) as e:
                 pytest.fail(f"{node_id}.{name} = {value} (offered by its schema: {low}..{high}) is refused: {e}")
+
+
+def test_the_portfolio_size_limit_is_its_own_not_pillows_bomb_limit(pn, tmp_path, monkeypatch):
+    """A picture over Pillow's decompression-bomb limit but under the portfolio's loads (a valid 196 MP painting was
+    called "truncated or corrupt"); one over the portfolio's limit is refused naming its size, the limit and what to
+    do. Both limits are lowered here so the pictures stay small."""
+    from PIL import Image as PILImage
+    path = str(tmp_path / "wide.png")
+    Image.fromarray(np.zeros((64, 100, 3), np.uint8)).save(path)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # Pillow alone refuses anything over 2000 px
+    with pytest.raises(PILImage.DecompressionBombError):
+        PILImage.open(path)
+    assert pn.load_rgb(path).shape == (1, 64, 100, 3)
+    assert PILImage.MAX_IMAGE_PIXELS == 1000  # restored for the rest of the process
+    monkeypatch.setattr(pn, "MAX_PIXELS", 5000)
+    with pytest.raises(pn.TooBig, match=r"wide.png: 100x64 \(0 MP\) is over the 0 MP .*downscale it"):
+        pn.load_rgb(path)

@@ -22,7 +22,7 @@ def mn(comfy_host, sample_image, taesd_vae):
 
 
 def test_train_then_sample_draws_crops_through_the_decoder(mn):
-    mimic, report = mn.N.TrainMiniatureMimic.execute(mn.image, mn.tae, steps=6, seed=0, crop_size=32).args
+    mimic, report = mn.N.TrainMiniatureMimic.execute([mn.image], [mn.tae], steps=[6], seed=[0], crop_size=[32]).args
     assert report.startswith("TrainMiniatureMimic | ") and "crops of 32²" in report and "6 steps" in report
     assert "latents [4, 4, 4]" in report, report  # TAESD: 4 channels at 1/8
     # a grid at half the crop's stride, flush with the far edges: 5 rows x 7 columns of 32² crops of 96x128
@@ -37,18 +37,18 @@ def test_train_then_sample_draws_crops_through_the_decoder(mn):
     assert not torch.equal(samples, other)
     (unguided,) = mn.N.SampleMiniatureMimic.execute(mimic, count=3, seed=5, sampler_steps=4, guidance=0.0).args
     assert not torch.equal(samples, unguided)  # the default guides away from the weak model
-    same = mn.N.TrainMiniatureMimic.execute(mn.image, mn.tae, steps=6, seed=0, crop_size=32).args[0]
+    same = mn.N.TrainMiniatureMimic.execute([mn.image], [mn.tae], steps=[6], seed=[0], crop_size=[32]).args[0]
     assert all(torch.equal(a, b) for a, b in zip(same.model.state_dict().values(),
                                                  mimic.model.state_dict().values()))  # same seed, same model
 
 
 def test_clear_errors_for_what_the_mimic_cannot_use(mn):
     with pytest.raises(ValueError, match="needs an encoder with its decoder"):
-        mn.N.TrainMiniatureMimic.execute(mn.image, mn.vae_only, steps=2, seed=0, crop_size=32)
+        mn.N.TrainMiniatureMimic.execute([mn.image], [mn.vae_only], steps=[2], seed=[0], crop_size=[32])
     with pytest.raises(ValueError, match="multiple of 16"):
-        mn.N.TrainMiniatureMimic.execute(mn.image, mn.tae, steps=2, seed=0, crop_size=40)
+        mn.N.TrainMiniatureMimic.execute([mn.image], [mn.tae], steps=[2], seed=[0], crop_size=[40])
     with pytest.raises(ValueError, match="smaller than the 128² crops"):
-        mn.N.TrainMiniatureMimic.execute(mn.image, mn.tae, steps=2, seed=0, crop_size=128)
+        mn.N.TrainMiniatureMimic.execute([mn.image], [mn.tae], steps=[2], seed=[0], crop_size=[128])
 
 
 def test_the_score_labels_the_rows_as_mimics(mn, style_image):

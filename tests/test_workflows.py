@@ -118,8 +118,8 @@ def test_load_artwork_folder_lists_images_by_name_and_names_an_empty_folder(comf
     assert (tmp_path / "coffee.png").read_bytes() == b"the user's own file"
     assert any(p.endswith(os.path.join("cloak_portfolio", "coffee_cup.png")) for p in written)
     out = nodes.LoadArtworkFolder.execute("cloak_portfolio")
-    images, names = out.args
-    assert names == ["coffee_beans.png", "coffee_cup.png", "coffee_table.png"]
+    images, names, notes = out.args
+    assert names == ["coffee_beans.png", "coffee_cup.png", "coffee_table.png"] and notes == ""
     assert [tuple(i.shape) for i in images] == [(1, 96, 128, 3), (1, 128, 128, 3), (1, 128, 152, 3)]
     os.makedirs(os.path.join(folder_paths.get_input_directory(), "empty_set"), exist_ok=True)
     with pytest.raises(ValueError, match="'empty_set' holds no"):
