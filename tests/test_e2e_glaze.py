@@ -38,6 +38,16 @@ def test_glaze_workflow_writes_a_cloaked_png_within_budget(server):
     assert 10 * np.log10(1 / mse.mean()) >= 34.99  # and its PSNR floor of 35 dB holds on the 8-bit file
     report = "\n".join(sum(texts(entry).values(), []))
     assert "GlazePerturb" in report and "target gain" in report
+    # what a person sees of it, measured on the saved file itself (piq's HaarPSI and GMSD on the 8-bit images)
+    import re
+    import torch
+    from piq import gmsd, haarpsi
+    a, b = (torch.from_numpy(v.astype(np.float32) / 255).permute(2, 0, 1)[None] for v in (original, cloaked))
+    seen = re.search(r"HaarPSI (\d\.\d{3}), GMSD (\d\.\d{4})", report)
+    assert seen, report
+    assert float(seen.group(1)) == pytest.approx(float(haarpsi(b, a, data_range=1.0)), abs=2e-3)
+    assert float(seen.group(2)) == pytest.approx(float(gmsd(b, a, data_range=1.0)), abs=2e-4)
+    assert 0.5 < float(seen.group(1)) < 1.0
 
 
 def test_bad_input_comes_back_through_comfyui_error_path(server):
