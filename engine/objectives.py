@@ -320,7 +320,7 @@ class DecodedLatentMatch(LatentMatch):
         self.every = int(every)
         self._decoded_start: torch.Tensor | None = None  # [B, M]: |D(z0) - D(t)| (1 where a member has no decoder)
         self._decoded_targets: dict = {}  # D(t) of unwarped targets (whole image or one tile's crop), kept per pass kind
-        self._linear: dict = {}  # place key -> (passes since refresh, squared decoded distance, its gradient in z)
+        self._linear: dict = {}  # place key -> (passes since refresh, the decoded part's value, its gradient in z, z then)
 
     def decoded_target(self, k: int, decode, t: torch.Tensor, z: torch.Tensor, where=None) -> torch.Tensor:
         """``decode(t)`` without gradients, computed once per member, place (``where``: the whole image or one
@@ -366,13 +366,16 @@ class DecodedLatentMatch(LatentMatch):
             if i >= max(net.taps):
                 return out
 
-    def decoded_terms(self, k: int, decode, z: torch.Tensor, t: torch.Tensor, where=None,
-                      core: tuple[slice, slice] | None = None) -> torch.Tensor:
-        """``[B, 2]``: the decoded squared distance ``|D(z) - D(t)|²`` (summed over ``core``, latent rows and
-        columns, or everything) and the squared style distance (0 without a style term), exact or, between refreshes
-        (``every`` > 1, unwarped places only), as the last exact pass's values plus their gradients times the
-        change in ``z`` since then."""
+    def decoded_term(self, k: int, decode, z: torch.Tensor, t: torch.Tensor, where=None,
+                     core: tuple[slice, slice] | None = None, style_scale: float = 1.0) -> torch.Tensor:
+        """``[B]``: member ``k``'s decoded part of the loss, ``weight |D(z) - D(t)|² / |D(z0) - D(t)|²`` (summed over
+        ``core``, latent rows and columns, or everything) plus, with a style term, ``style · style_scale`` times the
+        squared style distance over its start; exact or, between refreshes (``every`` > 1, unwarped places only), as
+        the last exact pass's value plus its gradient times the change in ``z`` since then (one gradient of the
+        weighted sum: one backward through the decoder a refresh)."""
         styled = self.style_net(k) is not None
+        c_dec = self.weight / self._decoded_start[:, k].to(z.device) ** 2
+        c_sty = self.style * style_scale / self._style_start[:, k].to(z.device) ** 2 if styled else None
 
         def exact(zz):
             dz = decode(zz)
@@ -381,30 +384,27 @@ class DecodedLatentMatch(LatentMatch):
             pix = None if core is None else (slice(core[0].start * f, core[0].stop * f),
                                              slice(core[1].start * f, core[1].stop * f))
             diff = (dz - dt).float().pow(2)
-            sq = (diff if pix is None else diff[..., pix[0], pix[1]]).flatten(1).sum(1)
+            out = c_dec * (diff if pix is None else diff[..., pix[0], pix[1]]).flatten(1).sum(1)
             if not styled:
-                return torch.stack([sq, torch.zeros_like(sq)], 1)
+                return out
             mine = self.style_stats(k, dz, pix)
             theirs = self.style_target(k, decode, dt, zz, where, pix)
-            sty = sum((a.float() - b.float()).pow(2).sum(1) for a, b in zip(mine, theirs))
-            return torch.stack([sq, sty], 1)
+            return out + c_sty * sum((a.float() - b.float()).pow(2).sum(1) for a, b in zip(mine, theirs))
 
         if where is None or self.every == 1:
             return exact(z)
         key = self._pass_key(k, where, z)
         got = self._linear.get(key)
         if got is not None and got[0] < self.every:
-            passes, value, grads, z_then = got
-        else:  # refresh: the exact values and their gradients at this latent
+            passes, value, grad, z_then = got
+        else:  # refresh: the exact value and its gradient at this latent
             passes, z_then = 0, z.detach().requires_grad_(True)
             with torch.enable_grad():
                 v = exact(z_then)
-                grads = [torch.autograd.grad(v[:, j].sum(), z_then, retain_graph=j == 0)[0].detach()
-                         if styled or j == 0 else torch.zeros_like(z_then) for j in range(2)]
+                grad = torch.autograd.grad(v.sum(), z_then)[0].detach()
             value, z_then = v.detach(), z_then.detach()
-        self._linear[key] = (passes + 1, value, grads, z_then)
-        step = z - z_then
-        return value + torch.stack([(g * step).flatten(1).sum(1) for g in grads], 1)
+        self._linear[key] = (passes + 1, value, grad, z_then)
+        return value + (grad * (z - z_then)).flatten(1).sum(1)
 
     def style_target(self, k: int, decode, dt: torch.Tensor, z: torch.Tensor, where, pix) -> list[torch.Tensor]:
         """The style statistics of the decoded target ``dt``, kept per place and pass kind like its decode."""
@@ -442,14 +442,11 @@ class DecodedLatentMatch(LatentMatch):
         self._decoded_start = torch.stack(cols, 1).clamp_min(1e-8)
         self._style_start = torch.stack(styles, 1).clamp_min(1e-8)
 
-    def mix(self, k: int, lat_sq: torch.Tensor, terms: torch.Tensor, device) -> torch.Tensor:
-        """The normalised loss of member ``k``: latent, decoded and style squared distances, each over its start."""
+    def mix(self, k: int, lat_sq: torch.Tensor, decoded: torch.Tensor, device) -> torch.Tensor:
+        """The normalised loss of member ``k``: the latent squared distance over its start, weighted, plus the
+        decoded part (:meth:`decoded_term`, already weighted and normalised)."""
         rest = 1 - self.weight - (self.style if self.style_net(k) is not None else 0.0)
-        out = rest * lat_sq / self.start[:, k].to(device) ** 2
-        out = out + self.weight * terms[:, 0] / self._decoded_start[:, k].to(device) ** 2
-        if self.style_net(k) is not None:
-            out = out + self.style * terms[:, 1] / self._style_start[:, k].to(device) ** 2
-        return out
+        return rest * lat_sq / self.start[:, k].to(device) ** 2 + decoded
 
     def training_distances(self, pixels: torch.Tensor, warp: Warp | None = None,
                            encoder: EncoderEnsemble | None = None) -> torch.Tensor:
@@ -462,8 +459,8 @@ class DecodedLatentMatch(LatentMatch):
             if dec_fn is None or (self.weight == 0 and self.style_net(k) is None):
                 cols.append(lat)
                 continue
-            terms = self.decoded_terms(k, dec_fn, z, self.target_for(k, z, warp), None if warp else "whole")
-            mixed = self.mix(k, lat ** 2, terms.clamp_min(0), z.device)
+            decoded = self.decoded_term(k, dec_fn, z, self.target_for(k, z, warp), None if warp else "whole")
+            mixed = self.mix(k, lat ** 2, decoded.clamp_min(0), z.device)
             cols.append((mixed.clamp_min(0) + 1e-12).sqrt() * self.start[:, k].to(z.device))
         return torch.stack(cols, 1)
 
@@ -471,12 +468,12 @@ class DecodedLatentMatch(LatentMatch):
         term = super().tile_term(k, member, z, t, core, where)
         if member.decode is None or (self.weight == 0 and self.style_net(k) is None):
             return term
-        terms = self.decoded_terms(k, member.decode, z, t, where, core)
+        area = 1.0
         if self.style_net(k) is not None:  # a tile's statistics stand for its share of the whole image's
             h, w = self.original_latents[k].shape[-2:]
             area = (core[0].stop - core[0].start) * (core[1].stop - core[1].start) / (h * w)
-            terms = torch.stack([terms[:, 0], terms[:, 1] * area], 1)
-        return self.mix(k, term * self.start[:, k].to(z.device) ** 2, terms, z.device)
+        decoded = self.decoded_term(k, member.decode, z, t, where, core, style_scale=area)
+        return self.mix(k, term * self.start[:, k].to(z.device) ** 2, decoded, z.device)
 
 
 # the layers of a TAESD-family encoder whose statistics make DecodedLatentMatch's style term: the residual blocks
