@@ -77,6 +77,7 @@ ADDED_LATER = {
     "SampleMiniatureMimic": ("guidance",),
     "StyleMimicryScore": ("model_kind",),
     "RobustnessCheck": ("purify_steps", "purify_cfg", "purify_sampler", "purify_scheduler"),
+    "SaveCloakedFolder": ("notes",),
 }
 
 
