@@ -204,6 +204,33 @@ def matched_reference(E, enc, xi, ti, goal: float):
     return image, report, level
 
 
+def matched_reference_haarpsi(E, enc, xi, ti, goal: float, start: int):
+    """The plain reference PGD at the whole 8-bit L∞ level whose HaarPSI (engine.metrics) is nearest ``goal`` (the
+    cloak's own): from ``start`` (the PSNR-matched level) a level at a time toward the goal until it is crossed, the
+    nearer of the last two kept (matched visibility, issue 40). Returns (image, level, haarpsi)."""
+    import glaze_eval as G
+
+    def run(level):
+        img = G.cloak(E, enc, xi, ti, E.reference_settings(level / 255, 100))[0]
+        return img, float(E.metrics.haarpsi(img, xi)[0])
+
+    level = start
+    img, h = run(level)
+    step = 1 if h > goal else -1  # PGD less visible than the cloak: give it more budget
+    best = (img, level, h)
+    for _ in range(12):
+        nxt = level + step
+        if not 1 <= nxt <= 64:
+            break
+        img2, h2 = run(nxt)
+        if abs(h2 - goal) < abs(best[2] - goal):
+            best = (img2, nxt, h2)
+        if (h2 - goal) * (h - goal) <= 0:
+            break
+        level, h = nxt, h2
+    return best
+
+
 def gaussian_at(x: torch.Tensor, rmse: float, seed: int) -> torch.Tensor:
     """``x`` plus seeded Gaussian noise scaled to exactly ``rmse``, back on 8-bit levels (the equal-change control)."""
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
@@ -226,16 +253,19 @@ def variant_settings(E, names) -> dict:
     return out
 
 
-def cloaked_sets(E, enc, x, t, cache: str, extra: dict | None = None) -> dict:
+def cloaked_sets(E, enc, x, t, cache: str, extra: dict | None = None, haarpsi_match: bool = False) -> dict:
     """The artist's sources cloaked three ways, cached per picture (``cache`` is a folder; an interrupted run keeps
     what it finished): GlazePerturb's engine path at default (robustness on), the plain reference PGD at the
     8-bit L∞ level whose PSNR is nearest each cloak's own (no EOT; :func:`matched_reference`), and Gaussian noise
     at each cloak's own PSNR; plus the mean PSNR of each. ``extra``: set name -> settings of more cloaks of the
-    same pictures (:func:`variant_settings`), kept in the same cache file under their own settings."""
+    same pictures (:func:`variant_settings`), kept in the same cache file under their own settings.
+    ``haarpsi_match``: also the reference PGD at the level whose HaarPSI is nearest each cloak's (set
+    ``reference_hp``: :func:`matched_reference_haarpsi`)."""
     import glaze_eval as G
     os.makedirs(cache, exist_ok=True)
     extra = extra or {}
-    sets = {"cloaked": [], "reference": [], "noise": [], **{k: [] for k in extra}}
+    sets = {"cloaked": [], "reference": [], "noise": [], **{k: [] for k in extra},
+            **({"reference_hp": []} if haarpsi_match else {})}
     psnr = {k: [] for k in sets}
     start = time.perf_counter()
     settings = E.settings_for("default", "default", "on")
@@ -266,6 +296,10 @@ def cloaked_sets(E, enc, x, t, cache: str, extra: dict | None = None) -> dict:
                 done[name] = G.cloak(E, enc, xi, ti, extra_settings)[0]
                 done[f"{name}_settings"] = repr(extra_settings)
                 torch.save(done, path)
+        if haarpsi_match and "reference_hp" not in done:
+            goal = float(E.metrics.haarpsi(done["cloaked"], xi)[0])
+            done["reference_hp"], done["level_hp"], _ = matched_reference_haarpsi(E, enc, xi, ti, goal, done["level"])
+            torch.save(done, path)
         for k in sets:
             sets[k].append(done[k])
             psnr[k].append(float(E.psnr(done[k], xi)[0]))
@@ -353,11 +387,15 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
         x, t = artist_sources(name, sources)
         pictures = {"clean": x, "target": t}
         if not only or any(k not in pictures for k in only):  # a clean or target model alone needs no cloak
-            sets = cloaked_sets(E, enc, x, t, os.path.join(OUT, f"{name}-cloaks"), extra)
+            sets = cloaked_sets(E, enc, x, t, os.path.join(OUT, f"{name}-cloaks"), extra,
+                                haarpsi_match=bool(only) and "reference_hp" in only)
             print(f"{name}: mean PSNR ours {sets['psnr']['cloaked']:.2f} dB, reference "
                   f"{sets['psnr']['reference']:.2f}, noise {sets['psnr']['noise']:.2f}"
-                  + "".join(f", {k} {sets['psnr'][k]:.2f}" for k in extra), flush=True)
-            pictures.update({k: sets[k] for k in ("cloaked", "reference", "noise", *extra)})
+                  + "".join(f", {k} {sets['psnr'][k]:.2f}" for k in extra)
+                  + "".join(f"; HaarPSI {k} {float(E.metrics.haarpsi(sets[k], x).mean()):.3f}"
+                            for k in ("cloaked", "reference", "reference_hp", *extra) if k in sets), flush=True)
+            pictures.update({k: sets[k] for k in ("cloaked", "reference", "noise", *extra,
+                                                   *(["reference_hp"] if "reference_hp" in sets else []))})
             purify = purifier(member, purifier_strength)
             pictures.update({f"cloaked+{k}": v for k, v in scraped(E, sets["cloaked"], purify, resize).items()})
             if purify is not None:
@@ -372,7 +410,7 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
         shares = {}
         # the comparison first (clean, cloaked, reference), then the seed spread, then the scraper's rows, then the
         # controls: a run cut short still has the figures that matter most (every model is cached as it finishes)
-        first = [k for k in ("clean", "cloaked", "reference", *extra) if k in latents]
+        first = [k for k in ("clean", "cloaked", "reference", "reference_hp", *extra) if k in latents]
         rest = sorted((k for k in latents if k not in first), key=lambda k: not k.startswith(("cloaked+", "clean+")))
         order = [(k, seeds[0]) for k in first] + [(k, s) for s in seeds[1:] for k in latents if k in seed_sets] \
             + [(k, seeds[0]) for k in rest]
@@ -437,7 +475,9 @@ def main():
     ap.add_argument("--sets", default="", help="train only these sets, comma-separated (default: every set): "
                     "e.g. clean,cloaked,reference when the time is short; 'faster' (GlazePerturb at render "
                     "quality faster) or a variant NAME:key=value:... (the default with those CloakSettings fields "
-                    "changed, e.g. style:decoded_style=0.25) is cloaked and trained only when named")
+                    "changed, e.g. style:decoded_style=0.25) is cloaked and trained only when named; "
+                    "'reference_hp' (plain PGD at the level whose HaarPSI is nearest each cloak's: matched "
+                    "visibility) too")
     ap.add_argument("--guidance", type=float, default=None, help="autoguidance when sampling (default: the "
                     "mimic's own, engine.miniature.MIMIC_GUIDANCE); models are cached, so this only samples again")
     ap.add_argument("--samples", type=int, default=SAMPLES, help="samples drawn from each model (the fit check's "
