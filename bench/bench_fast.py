@@ -33,7 +33,7 @@ import glaze_eval as G  # noqa: E402
 import bench_mimicry as BM  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "fast")
-KEYS = ("psnr", "ssim", "gain", "gain_jpeg75", "gain_roundtrip", "sec")
+KEYS = ("psnr", "ssim", "haarpsi", "gmsd", "gain", "gain_jpeg75", "gain_roundtrip", "sec")
 
 
 def variant(E, spec: str):
@@ -63,9 +63,11 @@ def scored(E, enc, name, settings, x, t, kind, size, roundtrip) -> dict:
     """One (cached) cloak of ``x`` scored: PSNR, SSIM, the gains of glaze_eval.gains, seconds; printed as a line."""
     img, sec = cached_cloak(E, enc, name, settings, x, t, kind, size)
     g = G.gains(E, enc, x, img, t, roundtrip=roundtrip)
+    seen = E.metrics.visibility(x, img)
     row = dict(psnr=float(E.psnr(img, x)[0]), ssim=float(E.ssim(img, x)[0]), sec=sec,
-               **{k: float(v.mean()) for k, v in g.items()})
-    print(f"{size}² {kind:16} {name:14} psnr {row['psnr']:.2f} ssim {row['ssim']:.3f} gain {row['gain']:.4f}"
+               haarpsi=seen["haarpsi"][0], gmsd=seen["gmsd"][0], **{k: float(v.mean()) for k, v in g.items()})
+    print(f"{size}² {kind:16} {name:14} psnr {row['psnr']:.2f} ssim {row['ssim']:.3f} haarpsi {row['haarpsi']:.3f} "
+          f"gmsd {row['gmsd']:.4f} gain {row['gain']:.4f}"
           f" jpeg75 {row['gain_jpeg75']:.4f} round trip {row['gain_roundtrip']:.4f} {sec:7.1f} s", flush=True)
     return row
 

@@ -29,7 +29,7 @@ import common
 import devset
 import glaze_eval as G
 
-KEYS = ("psnr", "ssim", "gain", "gain_jpeg75", "gain_roundtrip", "gain_resize05", "sec")
+KEYS = ("psnr", "ssim", "haarpsi", "gmsd", "gain", "gain_jpeg75", "gain_roundtrip", "gain_resize05", "sec")
 RATIO_KEYS = ("ssim", "gain", "gain_jpeg75", "gain_roundtrip", "gain_resize05")
 
 

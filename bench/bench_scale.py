@@ -261,7 +261,7 @@ def section_protection(E, sizes, variants, kinds, steps):
     enc = E.as_ensemble(common.tae("taef2"))
     member = enc.members[0]
     roundtrip = (lambda p: member.decode(member(p))) if member.decode is not None else None
-    keys = ("psnr", "ssim", "gain", "gain_jpeg75", "gain_roundtrip", "sec")
+    keys = ("psnr", "ssim", "haarpsi", "gmsd", "gain", "gain_jpeg75", "gain_roundtrip", "sec")
     for size in sizes:
         x_all, t_all = images_at(size, kinds)
         results = {v: [] for v in variants}
@@ -274,12 +274,14 @@ def section_protection(E, sizes, variants, kinds, steps):
                 sec = time.perf_counter() - t0
                 g = G.gains(E, enc, x, img, t, roundtrip=roundtrip)
                 row = dict(psnr=rep["psnr"], ssim=rep["ssim"], sec=sec, tiles=rep["tiles"],
+                           haarpsi=rep.get("haarpsi", float("nan")), gmsd=rep.get("gmsd", float("nan")),
                            **{k: float(val.mean()) for k, val in g.items()})
                 results[v].append(row)
                 # the same bands for every variant: a whole-image cloak's ratio is the content's own baseline
                 side = 256 if v == "tiled256" or size <= 512 else 512
                 seam = border_ratio(img - x, side)
                 print(f"{size}² {kind:16} {v:9} tiles {rep['tiles']:>2} psnr {row['psnr']:.2f} ssim {row['ssim']:.3f} "
+                      f"haarpsi {row['haarpsi']:.3f} gmsd {row['gmsd']:.4f} "
                       f"gain {row['gain']:.4f} jpeg75 {row['gain_jpeg75']:.4f} "
                       f"round trip {row.get('gain_roundtrip', float('nan')):.4f} {sec:7.1f} s"
                       + f"  border/inside energy ({side} px plan) {seam:.3f}", flush=True)

@@ -76,7 +76,9 @@ def matched_pair(E, ensemble, x, t, settings, seed=0, roundtrip=None, ref_level=
     our_sec = time.perf_counter() - t0
     for name, img, rep, sec in (("ours", our_img, our_rep, our_sec), ("ref", ref_img, ref_rep, ref_sec)):
         g = gains(E, ensemble, x, img, t, roundtrip)
+        seen = E.metrics.visibility(x, img)
         rows[name] = dict(psnr=rep["psnr"], ssim=rep["ssim"], sec=sec, eps_255=k,
+                          haarpsi=seen["haarpsi"][0], gmsd=seen["gmsd"][0],
                           **{key: float(v.mean()) for key, v in g.items()}, image=img)
     return rows
 
