@@ -1,6 +1,7 @@
 """Engine unit tests: no ComfyUI. The engine is imported on its own, as a library user would."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import io
 import os
@@ -110,6 +111,34 @@ def test_adaptive_budget_spares_flat_areas(kind, spread):
     flat, textured = change[..., 4:-4, 4: w // 2 - 8], change[..., 4:-4, w // 2 + 8:-4]
     assert flat.max() <= (settings.floor + 0.1) * settings.eps + 1 / 255
     assert textured.mean() > spread * flat.mean(), (float(textured.mean()), float(flat.mean()))
+
+
+def test_lowfreq_cut_turns_smooth_blotches_into_grain():
+    """``lowfreq_cut`` takes the change's local mean out in smooth areas at each projection: a blotchy change on the
+    flat half is mostly removed, fine grain there is mostly kept, and the blotch on the textured half is left alone
+    (texture hides slow change). Over a cloak's steps the optimiser then puts grain where blotches were."""
+    x = photo_like(1, 96, 192)
+    g = torch.Generator().manual_seed(0)
+    blotch = torch.nn.functional.interpolate(torch.randn(1, 3, 6, 12, generator=g), size=(96, 192), mode="bicubic")
+    grain = torch.randn(1, 3, 96, 192, generator=g)
+    flat, textured = (..., slice(8, -8), slice(8, 88)), (..., slice(8, -8), slice(104, -8))
+
+    def projected(delta, cut):
+        budget = E.AdaptiveBudget(16 / 255, floor=1.0, lowfreq_cut=cut)
+        budget.setup(x)
+        return budget.project(x, delta.clone())
+
+    def energy(d, where):
+        return float(d[where].pow(2).sum())
+
+    for change, flat_kept in ((0.01 * blotch / blotch.abs().max(), (0.0, 0.2)), (0.005 * grain, (0.7, 1.01))):
+        before, after = projected(change, 0.0), projected(change, 1.0)
+        ratio = energy(after, flat) / energy(before, flat)
+        assert flat_kept[0] <= ratio <= flat_kept[1], ratio
+    before, after = projected(0.01 * blotch / blotch.abs().max(), 0.0), projected(0.01 * blotch / blotch.abs().max(), 1.0)
+    assert energy(after, textured) / energy(before, textured) > 0.6
+    with pytest.raises(ValueError, match="lowfreq_cut"):
+        E.AdaptiveBudget(8 / 255, lowfreq_cut=1.5)
 
 
 def test_linf_box_holds():
