@@ -41,10 +41,12 @@ def folder_files(directory: str) -> list[str]:
                    and os.path.isfile(os.path.join(directory, f))), key=str.lower)
 
 
-def image_files(directory: str, root: str) -> list[str]:
-    """Image files directly in ``directory`` (any format Pillow reads), sorted by name (case-insensitive). A file
-    that links outside ``root`` (ComfyUI's input folder) is refused, as a folder that does is: one rule for both."""
-    names = [f for f in folder_files(directory) if f.lower().endswith(IMAGE_EXTENSIONS)]
+def image_files(directory: str, root: str, listing: list[str] | None = None) -> list[str]:
+    """Image files directly in ``directory`` (any format Pillow reads), sorted by name (case-insensitive); of
+    ``listing`` (:func:`folder_files`) when the caller has it. A file that links outside ``root`` (ComfyUI's input
+    folder) is refused, as a folder that does is: one rule for both."""
+    names = [f for f in (folder_files(directory) if listing is None else listing)
+             if f.lower().endswith(IMAGE_EXTENSIONS)]
     for f in names:
         if not inside(root, os.path.join(directory, f)):
             raise ValueError(f"{f} in {directory} links to {os.path.realpath(os.path.join(directory, f))}, outside "
@@ -56,8 +58,8 @@ class TooBig(ValueError):
     """A picture over MAX_PIXELS: left out of a portfolio, named in its report."""
 
 
-def read_image(path: str, notes: list[str] | None = None) -> Image.Image:
-    """The file, fully decoded (the first frame of an animation, said in ``notes``); a truncated or corrupt one is
+def read_image(path: str, warnings: list[str] | None = None) -> Image.Image:
+    """The file, fully decoded (the first frame of an animation, said in ``warnings``); a truncated or corrupt one is
     refused (PIL would fill the missing part with black, and the cloak would be saved under the artwork's name), a
     picture over MAX_PIXELS refused with :class:`TooBig`, naming its size (Pillow's own decompression-bomb limit,
     about 179 MP, is replaced by MAX_PIXELS here: a large painting is no bomb)."""
@@ -81,8 +83,8 @@ def read_image(path: str, notes: list[str] | None = None) -> Image.Image:
                          "folder") from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = previous
-    if frames > 1 and notes is not None:
-        notes.append(f"{name}: an animation of {frames} frames: only its first frame was loaded (and is cloaked and "
+    if frames > 1 and warnings is not None:
+        warnings.append(f"{name}: an animation of {frames} frames: only its first frame was loaded (and is cloaked and "
                      "saved as a still PNG); the other frames are not protected. Cloak an animation frame by frame")
     return ImageOps.exif_transpose(img)
 
@@ -113,8 +115,6 @@ def to_srgb(img: Image.Image, name: str, notes: list[str] | None = None) -> Imag
     return converted
 
 
-
-
 def to_float_rgb(img: Image.Image) -> np.ndarray:
     """``[H, W, 3]`` float32 in 0..1 from any PIL mode: 16-bit and 32-bit integer greys scaled by their own range
     (not clipped at 255, which turned a 16-bit PNG white), float greys taken as 0..1, palette and alpha
@@ -136,11 +136,12 @@ def to_float_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def load_rgb(path: str, notes: list[str] | None = None) -> torch.Tensor:
+def load_rgb(path: str, notes: list[str] | None = None, warnings: list[str] | None = None) -> torch.Tensor:
     """An image file as IMAGE ``[1, H, W, 3]`` (EXIF rotation applied; an embedded colour profile converted to sRGB;
     transparency composited on white; 16-bit greys keep their levels: see :func:`to_float_rgb`). What was changed
-    on the way (a profile, an animation's other frames) is said in ``notes``."""
-    img = read_image(path, notes)
+    on the way is said in ``notes`` (a profile) or, where part of the artwork goes unprotected, ``warnings`` (an
+    animation's other frames)."""
+    img = read_image(path, warnings)
     img = to_srgb(img, os.path.basename(path), notes)
     if img.mode.startswith(("I", "F")):
         logging.info("LoadArtworkFolder: %s is a %s image; its cloak is saved with 8-bit levels",
@@ -218,13 +219,12 @@ def set_warning(names: list[str], warned: list[bool]) -> str | None:
 LOAD_NOTES: dict[tuple, str] = {}
 
 
-def folder_notes(skipped: list[str], notes: list[str], count: int) -> str:
-    """The load's notes as Markdown lines: a WARNING naming every file left out first, then every change made on
-    the way ('' when there is nothing to say)."""
+def folder_notes(skipped: list[str], warnings: list[str], notes: list[str], count: int) -> str:
+    """The load's notes as Markdown lines: a WARNING naming every file left out and every artwork only partly loaded
+    first, then every change made on the way ('' when there is nothing to say)."""
     warn = ([f"{len(skipped)} of {count} file(s) in the folder were not loaded, so not cloaked: " + "; ".join(skipped)]
-            if skipped else []) + [n for n in notes if "animation" in n]
-    lines = (["WARNING: " + "; ".join(warn)] if warn else []) + [n for n in notes if "animation" not in n]
-    return "\n\n".join(lines)
+            if skipped else []) + warnings
+    return "\n\n".join((["WARNING: " + "; ".join(warn)] if warn else []) + notes)
 
 
 class LoadArtworkFolder(io.ComfyNode):
@@ -260,13 +260,13 @@ class LoadArtworkFolder(io.ComfyNode):
         if not os.path.isdir(directory):
             raise ValueError(f"folder {folder!r} is not a folder inside ComfyUI's input folder ({root}); create it "
                              "and put your images there")
-        files = image_files(directory, root)
-        skipped = [f"{f}: not an image file Pillow reads (by its extension)" for f in folder_files(directory)
-                   if f not in files]
-        images, names, notes = [], [], []
+        listing = folder_files(directory)
+        files = image_files(directory, root, listing)
+        skipped = [f"{f}: not an image file Pillow reads (by its extension)" for f in listing if f not in files]
+        images, names, notes, warnings = [], [], [], []
         for f in files:
             try:
-                image = load_rgb(os.path.join(directory, f), notes)
+                image = load_rgb(os.path.join(directory, f), notes, warnings)
             except TooBig as e:
                 skipped.append(str(e))
                 continue
@@ -277,7 +277,7 @@ class LoadArtworkFolder(io.ComfyNode):
                 continue
             images.append(image)
             names.append(f)
-        text = folder_notes(skipped, notes, len(names) + len(skipped))
+        text = folder_notes(skipped, warnings, notes, len(names) + len(skipped))
         if text:
             logging.warning("LoadArtworkFolder | %s", text.splitlines()[0])
         if not images:
