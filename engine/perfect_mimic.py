@@ -21,10 +21,11 @@ import math
 import torch
 
 from .objectives import decode_in_tiles
-from .style_score import pixel_style_features, placement
+from .style_score import SAME_STYLE, pixel_style_features, placement
 
 # a decoded target whose pixel style statistics lie this close (relative) to the original's leaves no gap to measure
-MIN_RELATIVE_GAP = 1e-4
+# (the style score's own "same style" share, where it refuses)
+MIN_RELATIVE_GAP = SAME_STYLE
 
 
 def readout(member, original_latent: torch.Tensor, cloaked_padded: torch.Tensor, target_latent: torch.Tensor,

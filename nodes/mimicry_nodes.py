@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass
 
 import comfy.model_management as mm
-import torch
 import comfy.utils
+import torch
 from comfy_api.latest import io
 
 from ..engine import as_ensemble
