@@ -9,9 +9,12 @@ taken) and the steps. Pure torch.
 
 The time is calibrated on TAEF2 (bench/bench_scale.py --sections estimate, 2 CPU cores, bf16): a 64² pass costs
 2.3x as much per pixel as a 256² one and misled the estimate (1.8x too long at 512²), so time is probed at 256²,
-where the cost per pixel is that of a 512² pass; a step with robustness on costs 1.5x its encoder passes (the
-whole-image EOT transforms, the decode→encode round-trip draws, the step itself); calibration, the report and the
-SSIM/PSNR floors cost about two steps more.
+where the cost per pixel is that of a 512² pass. A step with robustness on costs its encoder passes, plus the
+decode→encode round-trip draws (``roundtrip_p`` of the draws, each about one more pass), plus the step's own work
+(the EOT transform, the decoded target's statistics, the projection and its floors): about a quarter of a TAE's
+pass, nothing beside a full VAE's (measured 2026-12-07 at 1 thread: TAEF2 at 256² 1.23 passes a step without round
+trips, 1.42 with; an SD3-shaped VAE with its decoder at 192² 0.95 without, where the old flat 1.5x overcharged full
+VAEs by 1.3-1.6x). Calibration, the report and the SSIM/PSNR floors cost about two steps more.
 
 Tiling (engine.tiling) bounds the pixels per pass: :func:`max_tile_side` is the largest tile the free memory
 allows, and a job is refused (:func:`fits_in_memory`) only when not even a small tile fits beside the whole
@@ -30,9 +33,9 @@ PROBE_SECONDS = 2.0      # a model whose pass there would take longer than this 
 #                          side instead (a full VAE with its decoder on a CPU: its cost per pixel hardly depends
 #                          on the side, and minutes of probing would precede every job)
 OVERHEAD = 1.3           # the transforms' and the optimiser's own tensors, allocator slack
-# time of one step over its encoder passes, with robustness on (EOT: transforms on the whole image, round-trip
-# draws) and off (the step and projection alone); measured on TAEF2 at 512²-2048² (see above)
-STEP_TIME_FACTOR = {True: 1.5, False: 1.0}
+# a step's own work (EOT transform, decoded target statistics, projection), in passes of a light encoder (a TAE,
+# whose passes are timed on the 256² probe); a slow one's pass (a full VAE on a CPU) dwarfs it (see above)
+STEP_WORK_PASSES = 0.25
 FIXED_STEPS = 2          # calibration, the report and the floors, in steps' worth of passes
 PIXEL_STATE_BYTES = 96   # per pixel: x, δ, momentum, caps, the padded view and the 8-bit copy (float32)
 # per pixel of every image of the batch, held for the whole job: the engine's copy of the input, the cloaked
@@ -44,10 +47,12 @@ HEADROOM = 0.9           # use at most this share of the free memory
 @dataclass(frozen=True)
 class Probe:
     """What one forward+backward pass costs per pixel: ``bytes_per_pixel`` kept for backward,
-    ``seconds_per_pixel`` of compute (all ensemble members together)."""
+    ``seconds_per_pixel`` of compute (all ensemble members together); ``slow``: a pass so dear (a full VAE with
+    its decoder on a CPU) that it was timed on the small probe and the step's own work is nothing beside it."""
 
     bytes_per_pixel: float
     seconds_per_pixel: float
+    slow: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,7 @@ class Passes:
     tile: int = 0
     margin: int = 0
     eot: bool = True  # transforms are drawn (robustness on/strong); False: robustness off
+    roundtrip: float = 0.0  # share of the draws that are a round trip through the encoder's decoder (one pass more)
 
     @property
     def per_step(self) -> int:
@@ -137,11 +143,12 @@ def probe(encoder, side: int = PROBE_SIDE, precision: str = "fp32", time_side: i
     if key not in _PROBES:
         saved = _saved_bytes(members, side, device) / side ** 2  # (this pass also pays the one-off costs)
         small = _pass(members, side, device)
-        if small * (time_side / side) ** 2 > PROBE_SECONDS:  # a slow model (a full VAE with its decoder on a CPU):
-            seconds = small / side ** 2                       # its cost per pixel hardly depends on the side
+        slow = small * (time_side / side) ** 2 > PROBE_SECONDS
+        if slow:  # a slow model (a full VAE with its decoder on a CPU): its cost per pixel hardly depends on the side
+            seconds = small / side ** 2
         else:
             seconds = _pass_seconds(members, time_side, device) / time_side ** 2
-        _PROBES[key] = Probe(saved, seconds)
+        _PROBES[key] = Probe(saved, seconds, slow)
     return _PROBES[key]
 
 
@@ -185,6 +192,15 @@ def batch_bytes(height: int, width: int, images: int) -> float:
     return float(BATCH_BYTES_PER_PIXEL) * int(height) * int(width) * int(images)
 
 
+def step_passes(probed: Probe, passes: Passes) -> float:
+    """What one step costs, in encoder passes over its pixels: the passes, the round-trip draws and, with robustness
+    on, the step's own work where the encoder is light (see the module's notes)."""
+    if not passes.eot:
+        return float(passes.per_step)
+    work = 0.0 if probed.slow else STEP_WORK_PASSES
+    return passes.per_step + max(1, int(passes.eot_samples)) * float(passes.roundtrip) + work * passes.per_step
+
+
 def estimate_cost(probed: Probe, height: int, width: int, images: int, steps: int, multiple: int = 8,
                   passes: Passes = Passes(), batch_in_peak: bool = True) -> CostEstimate:
     """The cost of cloaking ``images`` images of ``height``×``width`` for ``steps`` steps, making ``passes`` per
@@ -202,7 +218,7 @@ def estimate_cost(probed: Probe, height: int, width: int, images: int, steps: in
     batch = batch_bytes(ph, pw, images)
     peak = (probed.bytes_per_pixel * passes.per_step * pass_pixels + PIXEL_STATE_BYTES * pixels) * OVERHEAD
     peak += batch if batch_in_peak else 0.0
-    step = probed.seconds_per_pixel * work_pixels * passes.per_step * STEP_TIME_FACTOR[passes.eot]
+    step = probed.seconds_per_pixel * work_pixels * step_passes(probed, passes)
     seconds = step * (int(steps) + FIXED_STEPS) * int(images)
     return CostEstimate(peak, seconds, pixels, int(images), int(steps), passes.per_step, max(1, len(tiles)), batch)
 
@@ -242,5 +258,5 @@ def refusal_message(estimate: CostEstimate, free_bytes: float, height: int, widt
             + "or use a machine with more memory")
 
 
-__all__ = ["Probe", "Passes", "CostEstimate", "batch_bytes", "probe", "estimate_cost", "max_tile_side", "fits_in_memory", "refusal_message",
+__all__ = ["Probe", "Passes", "CostEstimate", "batch_bytes", "probe", "step_passes", "estimate_cost", "max_tile_side", "fits_in_memory", "refusal_message",
            "format_seconds"]

@@ -115,7 +115,11 @@ class CloakJob:
         memory_tile = max_tile_side(probed, ph, pw, free_bytes, self.passes, self.encoder.multiple,
                                     batch_bytes(ph, pw, b) if shared else 0.0)
         self.tile = tile_side(s, ph, pw, memory_tile or MIN_TILE, self.device.type)
-        passes = dataclasses.replace(self.passes, tile=self.tile, margin=s.margin if self.tile else 0)
+        # the EOT's round trips through a member's decoder (see _optimise): each about one more pass
+        roundtrip = s.roundtrip_p if self.eot is not None and any(m.decode is not None for m in
+                                                                   self.encoder.members) else 0.0
+        passes = dataclasses.replace(self.passes, tile=self.tile, margin=s.margin if self.tile else 0,
+                                     roundtrip=roundtrip)
         self.estimate = estimate_cost(probed, ph, pw, b, s.steps, self.encoder.multiple, passes, shared)
         if not memory_tile or not fits_in_memory(self.estimate, free_bytes):
             raise ValueError(refusal_message(self.estimate, free_bytes, *self.size))

@@ -63,6 +63,21 @@ def test_cost_estimate_scales_with_pixels_passes_and_steps_and_refuses_what_cann
     assert "4096x4096 does not fit in memory" in message and "GiB is free" in message and "fits here" in message
 
 
+def test_a_step_costs_its_passes_its_round_trips_and_its_own_work_only_beside_a_light_encoder():
+    """The step's own work (EOT transform, projection) is about a quarter of a TAE's pass and nothing beside a full
+    VAE's: a flat 1.5x of the passes overcharged full VAEs by 1.3-1.6x (bench_scale's vae rows)."""
+    light, slow = est.Probe(100.0, 1e-6), est.Probe(100.0, 1e-6, slow=True)
+    on, off = est.Passes(), est.Passes(eot=False)
+    rt = est.Passes(roundtrip=0.15)
+    assert est.step_passes(light, off) == est.step_passes(slow, off) == 1.0
+    assert est.step_passes(slow, on) == 1.0 and est.step_passes(light, on) == pytest.approx(1 + est.STEP_WORK_PASSES)
+    assert est.step_passes(slow, rt) == pytest.approx(1.15)
+    assert est.step_passes(light, est.Passes(eot_samples=2, roundtrip=0.15)) == pytest.approx(2.3 + 2 * 0.25)
+    a = est.estimate_cost(slow, 512, 512, 1, 100, 8, rt)
+    b = est.estimate_cost(light, 512, 512, 1, 100, 8, rt)
+    assert b.seconds / a.seconds == pytest.approx(1.4 / 1.15)
+
+
 def test_frozen_pixels_are_returned_exactly():
     enc = tiny_encoder()
     x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 0.999 + 1e-4  # off the 8-bit grid
