@@ -16,8 +16,11 @@ the cloaked set after JPEG q75 and after the pack's miniature purifier (trained 
 models/miniature), beside the clean set after the same purifier (what the purifier alone does to the style);
 ``--resize`` adds a 0.5x down-up resize.
 
-Judges the cloak is never made against: engine/style_score.py's pixel measure and Gram matrices (+ means) of the
-first layers of TAESANA's encoder (a second pretrained network). Per model: the **target share** of its samples
+Judges the cloak is never made against: engine/style_score.py's pixel measure, Gram matrices (+ means) of the
+first layers of TAESANA's encoder (a second pretrained network) and a small pixel classifier trained per artist on
+its decoded crops against the target's (bench/classifier_judge.py; its held-out accuracy is printed, and it is left
+out under 0.75; its share is the share of samples it calls "target", placed between its calls on the artist's and
+the target's crops; ``--no-classifier`` leaves it out). Per model: the **target share** of its samples
 (0 = the artist's decoded crops D(E(x)), 1 = the target's), its **fit** (the distance from its samples' mean to
 its own training set's, in units of the artist-to-target distance; a model passes at <= 0.25), and the
 **perfect-mimic** share of its training set itself (D(E(x')) of each crop, no training).
@@ -44,6 +47,7 @@ import time
 import numpy as np
 import torch
 
+import classifier_judge as CJ
 import common
 import devset
 
@@ -339,7 +343,13 @@ class Scorer:
 
     def __init__(self, M, judge: StyleJudge, artist: torch.Tensor, target: torch.Tensor):
         self.M, self.measures = M, judge.measures()
+        self.artist, self.target = artist, target
         self.ref = {m: (f(artist), f(target)) for m, f in self.measures.items()}
+
+    def add(self, name: str, measure) -> None:
+        """One more measure (pixels -> ``[N, D]`` features), e.g. the pixel classifier's calls."""
+        self.measures[name] = measure
+        self.ref[name] = (measure(self.artist), measure(self.target))
 
     def features(self, pixels):
         return {m: f(pixels) for m, f in self.measures.items()}
@@ -362,7 +372,7 @@ class Scorer:
 
 
 def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, resize=False, quick=False,
-                  sources=SOURCES, only=None, guidance=None, samples=SAMPLES, ddim=DDIM):
+                  sources=SOURCES, only=None, guidance=None, samples=SAMPLES, ddim=DDIM, classifier=True):
     """Train on the clean, cloaked, reference, noise and target sets, and on the scraped cloaked sets (same seed,
     same data order); print where each model's samples lie between the artist and the target, its fit to its own
     training set, and the perfect-mimic share (D(E(x')) of the set itself, no training)."""
@@ -404,6 +414,13 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
         latents = {k: encode(member, M.crops(v, M.MIMIC_CROP, M.MIMIC_CROP // 2)) for k, v in pictures.items()}
         print(f"{name}: {latents['clean'].shape[0]} crops a set", flush=True)
         scorer = Scorer(M, judge, decode(member, latents["clean"]), decode(member, latents["target"]))
+        if classifier:  # a judge of another kind: learns artist vs target from these crops alone (issue 38)
+            clf = CJ.PixelClassifier(scorer.artist, scorer.target, sources)
+            used = clf.accuracy >= CJ.HELD_OUT_FLOOR
+            print(f"{name}: pixel classifier, held-out accuracy {clf.accuracy:.3f} (last source picture of each "
+                  f"set){'' if used else f'; under {CJ.HELD_OUT_FLOOR}: not used as a judge'}", flush=True)
+            if used:
+                scorer.add("classifier", clf.features)
         ms = list(scorer.measures)
         print(f"{'set':18} {'seed':>4} " + " ".join(f"{m + ' mimic':>14} {m + ' trained':>14} {m + ' fit':>10} "
                                                      f"{'floor':>6}" for m in ms) + "  train s", flush=True)
@@ -485,13 +502,16 @@ def main():
     ap.add_argument("--sampler-steps", type=int, default=DDIM, help="ancestral DDIM steps when sampling (flat colour "
                     "fits with 100 steps and autoguidance 1.5 where 40 steps at 1.0 miss the pixel fit); only samples again")
     ap.add_argument("--quick", action="store_true", help="4 sources, 16 samples (a smoke run, not a figure)")
+    ap.add_argument("--no-classifier", action="store_true", help="leave out the pixel classifier judge "
+                    "(bench/classifier_judge.py: trained per artist, ~1 min)")
     args = ap.parse_args()
     E = common.load_host().engine
     M = _engine("miniature")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 {M.bf16_is_fast('cpu')}")
     section_shift(E, M, args.artists.split(","), args.steps, [int(s) for s in args.seeds.split(",")],
                   args.seed_sets.split(","), args.purifier_strength, args.resize, args.quick,
-                  args.sources, [k for k in args.sets.split(",") if k], args.guidance, args.samples, args.sampler_steps)
+                  args.sources, [k for k in args.sets.split(",") if k], args.guidance, args.samples, args.sampler_steps,
+                  not args.no_classifier)
 
 
 if __name__ == "__main__":
