@@ -40,7 +40,8 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.rot90(x, int(torch.randint(4, (), generator=gen)), (-2, -1))
 
 
-def _train(a: torch.Tensor, t: torch.Tensor, seed: int, steps: int, batch: int) -> _Net:
+def train_net(a: torch.Tensor, t: torch.Tensor, seed: int = 0, steps: int = 300, batch: int = 64) -> _Net:
+    """The network trained from scratch to tell ``a`` (0) from ``t`` (1), seeded."""
     torch.manual_seed(seed)
     net = _Net()
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
@@ -59,8 +60,13 @@ def _train(a: torch.Tensor, t: torch.Tensor, seed: int, steps: int, batch: int) 
 
 
 @torch.no_grad()
+def logits(net: _Net, x: torch.Tensor) -> torch.Tensor:
+    """The network's logit per picture (``[N]``; > 0: class 1)."""
+    return torch.cat([net(x[i:i + 64]) for i in range(0, x.shape[0], 64)])
+
+
 def _calls(net: _Net, x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([(net(x[i:i + 64]) > 0).float() for i in range(0, x.shape[0], 64)])
+    return (logits(net, x) > 0).float()
 
 
 class PixelClassifier:
@@ -80,12 +86,12 @@ class PixelClassifier:
             keep_a[p * n_a:(p + 1) * n_a] = False
             keep_t = torch.ones(target.shape[0], dtype=torch.bool)
             keep_t[p * n_t:(p + 1) * n_t] = False
-            net = _train(artist[keep_a], target[keep_t], seed, steps, batch)
+            net = train_net(artist[keep_a], target[keep_t], seed, steps, batch)
             accs.append(0.5 * (float((_calls(net, artist[~keep_a]) == 0).float().mean())
                                + float((_calls(net, target[~keep_t]) == 1).float().mean())))
         self.fold_accuracy = accs
         self.accuracy = sum(accs) / len(accs) if accs else float("nan")
-        self.net = _train(artist, target, seed, steps, batch)
+        self.net = train_net(artist, target, seed, steps, batch)
 
     def calls(self, x: torch.Tensor) -> torch.Tensor:
         """1.0 where the classifier calls a picture "target", else 0.0 (``[N]``)."""
@@ -96,4 +102,4 @@ class PixelClassifier:
         return self.calls(x)[:, None]
 
 
-__all__ = ["PixelClassifier", "HELD_OUT_FLOOR"]
+__all__ = ["PixelClassifier", "HELD_OUT_FLOOR", "train_net", "logits"]
