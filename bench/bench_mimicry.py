@@ -417,8 +417,9 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
         if classifier:  # a judge of another kind: learns artist vs target from these crops alone (issue 38)
             clf = CJ.PixelClassifier(scorer.artist, scorer.target, sources)
             used = clf.accuracy >= CJ.HELD_OUT_FLOOR
-            print(f"{name}: pixel classifier, held-out accuracy {clf.accuracy:.3f} (last source picture of each "
-                  f"set){'' if used else f'; under {CJ.HELD_OUT_FLOOR}: not used as a judge'}", flush=True)
+            print(f"{name}: pixel classifier, held-out accuracy {clf.accuracy:.3f} (mean of three trainings that each "
+                  f"left one picture out){'' if used else f'; under {CJ.HELD_OUT_FLOOR}: not used as a judge'}",
+                  flush=True)
             if used:
                 scorer.add("classifier", clf.features)
         ms = list(scorer.measures)
