@@ -69,7 +69,7 @@ def main():
     print("(AUC seen: on the last picture of each training artist, held out of training; the rest: the test "
           "artists; one figure per seed)")
     print(f"{'set':12} {'PSNR (test)':>11} {'AUC seen':>16} {'TPR @ 1% FPR':>16} {'AUC':>16}")
-    per = args.sources and data[train[0]]["clean"].shape[0] // args.sources  # crops a picture
+    per = data[train[0]]["clean"].shape[0] // args.sources  # crops a picture
     for n in names:
         neg_train = torch.cat([data[a]["clean"][:-per] for a in train])
         pos_train = torch.cat([data[a][n][:-per] for a in train])

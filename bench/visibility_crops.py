@@ -71,9 +71,9 @@ def main():
     for kind, size, (top, left), what in PLACES:
         x, done = cloaked(E, enc, kind, size, settings)
         cells = [panel(x, top, left)]
+        box = (slice(None), slice(None), slice(top, top + CROP), slice(left, left + CROP))
         for name in ("cloak", "pgd"):
             img = done[name]
-            box = (slice(None), slice(None), slice(top, top + CROP), slice(left, left + CROP))
             label = name if name == "cloak" else f"PGD {done['level']}/255"
             print(f"{what:12} {label:10} {float(E.psnr(img, x)[0]):6.2f} {float(E.metrics.haarpsi(img, x)[0]):8.3f} "
                   f"{float(E.metrics.gmsd(img, x)[0]):7.4f}   crop: {float(E.metrics.haarpsi(img[box], x[box])[0]):8.3f} "

@@ -96,6 +96,9 @@ class CloakJob:
         # whether the passes decode (the decoded objective, where a member carries its decoder)
         self.decoded = settings.decoded_weight + settings.decoded_style > 0 \
             and any(m.decode is not None for m in encoder.members)
+        # share of the EOT draws that are a round trip through a member's decoder (each about one more pass)
+        self.roundtrip = settings.roundtrip_p if self.eot is not None and any(
+            m.decode is not None for m in encoder.members) else 0.0
 
     def padded(self) -> torch.Tensor:
         """All images padded to the encoder's multiple (float32, where they were given)."""
@@ -115,11 +118,8 @@ class CloakJob:
         memory_tile = max_tile_side(probed, ph, pw, free_bytes, self.passes, self.encoder.multiple,
                                     batch_bytes(ph, pw, b) if shared else 0.0)
         self.tile = tile_side(s, ph, pw, memory_tile or MIN_TILE, self.device.type)
-        # the EOT's round trips through a member's decoder (see _optimise): each about one more pass
-        roundtrip = s.roundtrip_p if self.eot is not None and any(m.decode is not None for m in
-                                                                   self.encoder.members) else 0.0
         passes = dataclasses.replace(self.passes, tile=self.tile, margin=s.margin if self.tile else 0,
-                                     roundtrip=roundtrip)
+                                     roundtrip=self.roundtrip)
         self.estimate = estimate_cost(probed, ph, pw, b, s.steps, self.encoder.multiple, passes, shared)
         if not memory_tile or not fits_in_memory(self.estimate, free_bytes):
             raise ValueError(refusal_message(self.estimate, free_bytes, *self.size))
@@ -181,7 +181,7 @@ class CloakJob:
         fast = EncoderEnsemble(autocast_members(scoring.members, s.precision, x.device), scoring.raw_weights)
         transforms = self.eot
         round_trip = next((m for m in fast.members if m.decode is not None), None)
-        if transforms is not None and round_trip is not None and s.roundtrip_p > 0:
+        if self.roundtrip > 0 and round_trip is not None:
             # the encoder came with its decoder: also survive a round trip through it (a purification attackers use)
             transforms = WithRoundTrip(transforms, lambda p, m=round_trip: m.decode(m(p)), s.roundtrip_p)
         done_before, total = i * s.steps, self.images.shape[0] * s.steps
