@@ -8,7 +8,7 @@ against (engine.style_score's pixel statistics and TAESANA Gram matrices). Print
 PSNR, the latent target gain and the perfect-mimic shift (share of the decoded cloaked crops minus the decoded clean
 crops'), also after JPEG q75 of both; and each variant's mean over the artists beside plain PGD's (at the 8-bit
 level nearest the default intensity's PSNR ceiling, 35 dB). Cloaks are cached per
-variant and picture under bench/out/screen_mimic/ (delete a variant's files after changing what it means).
+variant, picture and settings under bench/out/screen_mimic/ (a variant whose settings change is made anew).
 
 In bench_mimicry's first table the perfect mimic ranked the pack and the reference PGD as the trained models did in
 TAESANA and predicted about 2/3 of the trained shift: a screen, not the judge.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import hashlib
 import os
 import sys
@@ -50,6 +51,12 @@ def variants(E):
     for w in (0.25, 0.5, 1.0):
         out[f"decoded{w}"] = dataclasses.replace(latent, decoded_weight=w)
     return out
+
+
+def cache_key(xi, ti, settings) -> str:
+    """A cached cloak's key: the picture, its target and the settings it was made with (a preset whose meaning
+    changes, or a variant built on it, is made anew)."""
+    return hashlib.sha1(xi.numpy().tobytes() + ti.numpy().tobytes() + repr(settings).encode()).hexdigest()[:12]
 
 
 def cloak_one(E, enc, name, settings, xi, ti, psnr_goal):
@@ -104,8 +111,10 @@ def main():
             pics, psnrs, secs = [], [], 0.0
             for i in range(args.pictures):
                 xi, ti = x[i:i + 1], t[i:i + 1]
-                key = hashlib.sha1(xi.numpy().tobytes() + ti.numpy().tobytes()).hexdigest()[:12]
+                key = cache_key(xi, ti, table[name])
                 path = os.path.join(OUT, artist, f"{name.replace(':', '_').replace('=', '')}-{key}.pt")
+                same = sorted(glob.glob(os.path.join(OUT, artist, f"*-{key}.pt")))  # the same cloak by another name
+                path = path if os.path.isfile(path) or not same else same[0]
                 if os.path.isfile(path):
                     img = torch.load(path, weights_only=True)
                     if isinstance(img, dict):
