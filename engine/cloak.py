@@ -94,16 +94,20 @@ INTENSITY = {
     "default": dict(eps=20 / 255, min_psnr=35.0, min_ssim=0.93),
     "high": dict(eps=32 / 255, min_psnr=32.0, min_ssim=0.87),
 }
-# Render quality: how long to compute (optimisation steps), as in Glaze.
-RENDER_QUALITY = {"faster": 25, "default": 100, "slowest": 300}
-# How a quality steps besides its count. faster (was 50 plain steps until 2026-12-02): the decoded term is computed
-# on one pass in 4 and reused between (DecodedLatentMatch ``every``), twice the step size. On TAEF2
-# (bench/screen_mimic.py, 4 artists x 2 pictures at 256², bf16 passes) it kept 0.97x the 100-step default's
-# perfect-mimic style shift (pixel +0.142 / TAESANA +0.285 against +0.147 / +0.293; after JPEG q75 0.98x / 1.00x)
-# at 0.7 dB less change; its latent target gain is 0.80x (0.316 against 0.396): the decoded term, not the latent
-# distance, is what the short run keeps. 25 steps without the decoded term keep the latent gain (1.03x) but lose
-# the style shift (pixel +0.032, TAESANA +0.233).
-QUALITY_SCHEDULE = {"faster": dict(decoded_every=4, lr=0.5)}
+# Render quality: how long to compute (optimisation steps), as in Glaze, and how a quality steps besides its count
+# (QUALITY_SCHEDULE: the decoded term computed on one pass in ``decoded_every`` and reused between, the step size).
+# default (100 plain steps until 2026-12-07): 30 steps, the decoded term refreshed every 3rd pass, twice the step
+# size. Judged by trained mimics on TAEF2 (bench/bench_mimicry.py, line art and painting, 6 sources, seeds 0 and 1;
+# docs/evidence.md, "The new default") it kept 0.93x / 0.95x (line art) and 1.12x / 0.98x (painting) of the 100-step
+# default's shift over the clean set's (pixel / TAESANA judges; the gaps are within a seed spread), and on the
+# 4-artist perfect-mimic screen (bench/screen_mimic.py) 0.96x / 0.94x, in about a fifth of the time (0.21x at 256²,
+# 0.19x at 512²). faster (was 50 plain steps until 2026-12-02): 25 steps, decoded term on one
+# pass in 4, twice the step size. slowest stays 300 plain steps, the strongest the pack knows.
+RENDER_QUALITY = {"faster": 25, "default": 30, "slowest": 300}
+QUALITY_SCHEDULE = {"faster": dict(decoded_every=4, lr=0.5), "default": dict(decoded_every=3, lr=0.5)}
+# The concept poison's steps: its fast schedules are not judged (its own bench shows no B to keep), so it keeps plain
+# steps at the plain step size: 50 / 100 / 300.
+POISON_STEPS = {"faster": 50, "default": 100, "slowest": 300}
 # What differs between a style cloak and a concept poison. For the style cloak (GlazePerturb), judged by what a
 # model that learns the cloaked latents would draw (bench/screen_mimic.py, TAEF2, 4 artists x 2 pictures at 256²,
 # TAESANA Gram target share of D(E(x')) moved over the clean picture's): the adaptive budget's flat-area floor 0.1
@@ -141,11 +145,10 @@ def settings_for(intensity: str = "default", render_quality: str = "default", ro
         level = INTENSITY[intensity]
     else:
         raise ValueError(f"unknown intensity {intensity!r}; choose one of {list(INTENSITY) + ['custom']}")
-    steps, schedule = RENDER_QUALITY[render_quality], QUALITY_SCHEDULE.get(render_quality, {})
-    if kind == "nightshade" and render_quality == "faster":
-        # the fast path is measured on the style cloak only: the poison keeps faster's old meaning, twice the steps
-        # at the plain step size (50 until RENDER_QUALITY changes)
-        steps, schedule = 2 * steps, {}
+    if kind == "nightshade":
+        steps, schedule = POISON_STEPS[render_quality], {}
+    else:
+        steps, schedule = RENDER_QUALITY[render_quality], QUALITY_SCHEDULE.get(render_quality, {})
     return CloakSettings(steps=steps, robustness=robustness, budget=budget,
                          typical_gain=TYPICAL_GAIN.get(intensity), **level, **KINDS[kind], **schedule)
 
@@ -282,7 +285,8 @@ MIN_FLOOR_SCALE = 0.01
 MIN_TARGET_GAIN = 0.01
 # ... and as only weakly protected when its gain is under WEAK_SHARE of what its intensity gives ordinary art:
 # TYPICAL_GAIN, GlazePerturb's mean target gain on TAEF2 over the 8 development images at 128², 100 steps,
-# robustness on (bench/bench_glaze.py, the per-preset table)
+# robustness on (bench/bench_glaze.py, the per-preset table; the 30-step default of 2026-12-07 reaches about 0.85x of
+# it, far above WEAK_SHARE)
 WEAK_SHARE = 0.1
 TYPICAL_GAIN = {"low": 0.35, "default": 0.47, "high": 0.54}
 
@@ -364,6 +368,6 @@ def format_report(reports: list[dict], title: str, notes: list[str] | None = Non
     return "\n\n".join(lines)  # blank lines: ComfyUI's Preview Any renders Markdown, which joins single lines
 
 
-__all__ = ["CloakSettings", "CloakOptions", "INTENSITY", "RENDER_QUALITY", "KINDS", "settings_for", "CloakResult",
+__all__ = ["CloakSettings", "CloakOptions", "INTENSITY", "RENDER_QUALITY", "POISON_STEPS", "KINDS", "settings_for", "CloakResult",
            "reference_settings", "shrink_to_floors", "format_report", "protection_warning", "unprotected_reason",
            "check_images", "padder", "latent_sizes", "tile_side"]

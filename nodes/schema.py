@@ -24,12 +24,13 @@ def cloak_inputs() -> list:
                                "GlazePerturb, a tenth for NightshadePoison). "
                                "custom: at most custom_budget/255 per pixel, no PSNR/SSIM floor."),
         io.Combo.Input("render_quality", options=list(RENDER_QUALITY), default="default",
-                       tooltip="How long to compute: faster = 25 (NightshadePoison: 50), default = 100, slowest = "
-                               "300 optimisation steps per image. Longer gives a stronger cloak at the same "
-                               "intensity. GlazePerturb's faster also steps twice as far and, with the decoded "
-                               "objective, decodes on one step in 4: about a fifth of default's time; on TAEF2 a "
-                               "model trained on cloaked line art drew the target as often as after default "
-                               "(painting: 0.86-0.97x), at 0.75-0.86x the latent gain."),
+                       tooltip="How long to compute: faster = 25, default = 30, slowest = 300 optimisation steps "
+                               "per image (NightshadePoison: 50 / 100 / 300). GlazePerturb's faster and default step "
+                               "twice as far and, with the decoded objective, decode on one step in 4 (faster) or "
+                               "3 (default). default (since 2026-12-07; was 100 plain steps) takes about a fifth "
+                               "of the old default's time; on TAEF2 models trained on cloaked line art and painting "
+                               "moved toward the target 0.93-1.12x as far as after the old default. slowest: 300 "
+                               "plain steps, the strongest cloak the pack knows."),
         io.Combo.Input("robustness", options=list(ROBUSTNESS_LEVELS), default="on",
                        tooltip="Optimise in expectation over JPEG, resizing, blur, noise and crops so the cloak "
                                "survives them. strong: harsher transforms, twice the compute. off: fastest, "

@@ -154,7 +154,9 @@ BOUNDARY_NODES = ("GlazePerturb", "NightshadePoison", "RobustnessCheck", "LoadVA
 def two_steps(comfy_host):
     import sys
     mp = pytest.MonkeyPatch()
-    mp.setitem(sys.modules[comfy_host.pack.__name__ + ".engine.cloak"].RENDER_QUALITY, "faster", 2)
+    cloak = sys.modules[comfy_host.pack.__name__ + ".engine.cloak"]
+    mp.setitem(cloak.RENDER_QUALITY, "faster", 2)
+    mp.setitem(cloak.POISON_STEPS, "faster", 4)
     yield
     mp.undo()
 

@@ -143,6 +143,7 @@ def h(comfy_host, taesd_vae):
     mp = pytest.MonkeyPatch()
     cloak = sys.modules[comfy_host.pack.__name__ + ".engine.cloak"]
     mp.setitem(cloak.RENDER_QUALITY, "faster", 2)
+    mp.setitem(cloak.POISON_STEPS, "faster", 4)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: one thread is 10x faster than two fighting a busy machine's cores
     nodes = comfy_host.nodes.NODE_CLASS_MAPPINGS
