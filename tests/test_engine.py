@@ -276,15 +276,6 @@ def test_the_style_cloak_and_the_poison_keep_their_own_method_settings():
     assert E.reference_settings(4 / 255, 10).decoded_weight == 0.0
     with pytest.raises(ValueError, match="unknown cloak kind 'poison'"):
         E.settings_for(kind="poison")
-    # the schedules (2026-12-07): the style cloak's default is 30 steps, decoded term every 3rd pass, twice the step
-    # size; the poison keeps plain steps at the plain size (its fast schedules are not judged)
-    plain = E.CloakSettings()
-    assert (glaze.steps, glaze.decoded_every, glaze.lr) == (30, 3, 2 * plain.lr)
-    assert (poison.steps, poison.decoded_every, poison.lr) == (100, 1, plain.lr)
-    fast_poison = E.settings_for(render_quality="faster", kind="nightshade")
-    assert (fast_poison.steps, fast_poison.decoded_every, fast_poison.lr) == (50, 1, plain.lr)
-    slowest = E.settings_for(render_quality="slowest")
-    assert (slowest.steps, slowest.decoded_every, slowest.lr) == (300, 1, plain.lr)
 
 
 def test_without_native_bf16_every_preset_and_path_runs_fp32(monkeypatch):
