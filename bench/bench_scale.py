@@ -22,7 +22,8 @@ Sections (``--sections``, comma-separated; default all, in this order):
               and style term, robustness on, automatic tiles and precision) at ``--vae-sizes`` (512,1024):
               seconds per step, fixed seconds, peak memory (CPU RSS), and the up-front estimate of the default
               cloak against fixed + its steps x per step (``--vae-steps`` steps run, 4 by default: the step
-              intervals timed then hold one refresh of the default's decoded term, made on one pass in 3; ``--archs``).
+              intervals timed then hold one refresh of the default's decoded term, made on one pass in 3;
+              ``--archs``).
   vae_seams   the tiled against the whole cloak of one 512² picture through the SD1.5-shaped VAE (tiles of 256,
               ``--vae-steps`` steps, decoded objective on): the change's energy at the tile borders over the rest
               (engine.tiling.border_energy_ratio, 1.0 = no seam) for both. Random weights: mechanics only.
@@ -175,8 +176,8 @@ def section_vae(E, archs, sizes, steps):
           f"(decoded objective + style term, robustness on, auto tiles/precision), {steps} steps run ==")
     s = settings(E, precision="auto")
     if (steps - 1) % s.decoded_every:
-        print(f"note: {steps - 1} timed step intervals hold a part of the decoded term's {s.decoded_every}-pass cycle: "
-              f"the per-step time leans toward {'refresh' if steps - 1 < s.decoded_every else 'plain'} steps")
+        print(f"note: {steps - 1} timed step intervals hold a part of the decoded term's {s.decoded_every}-pass "
+              f"cycle: the per-step time leans toward {'refresh' if steps - 1 < s.decoded_every else 'plain'} steps")
     print(f"{'arch':6} {'size':>6} {'tiles':>5} {'s/step':>8} {'fixed s':>8} {'peak GiB':>8} {'est GiB':>7} "
           f"{f'measured {s.steps}-step':>17} {'estimated':>9} {'est/meas':>8}")
     for arch in archs:

@@ -114,7 +114,8 @@ def main():
                 key = cache_key(xi, ti, table[name])
                 path = os.path.join(OUT, artist, f"{name.replace(':', '_').replace('=', '')}-{key}.pt")
                 same = sorted(glob.glob(os.path.join(OUT, artist, f"*-{key}.pt")))  # the same cloak by another name
-                path = path if os.path.isfile(path) or not same else same[0]
+                if same and not os.path.isfile(path):
+                    path = same[0]
                 if os.path.isfile(path):
                     img = torch.load(path, weights_only=True)
                     if isinstance(img, dict):

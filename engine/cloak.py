@@ -368,6 +368,6 @@ def format_report(reports: list[dict], title: str, notes: list[str] | None = Non
     return "\n\n".join(lines)  # blank lines: ComfyUI's Preview Any renders Markdown, which joins single lines
 
 
-__all__ = ["CloakSettings", "CloakOptions", "INTENSITY", "RENDER_QUALITY", "POISON_STEPS", "KINDS", "settings_for", "CloakResult",
-           "reference_settings", "shrink_to_floors", "format_report", "protection_warning", "unprotected_reason",
-           "check_images", "padder", "latent_sizes", "tile_side"]
+__all__ = ["CloakSettings", "CloakOptions", "INTENSITY", "RENDER_QUALITY", "POISON_STEPS", "KINDS", "settings_for",
+           "CloakResult", "reference_settings", "shrink_to_floors", "format_report", "protection_warning",
+           "unprotected_reason", "check_images", "padder", "latent_sizes", "tile_side"]

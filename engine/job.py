@@ -93,12 +93,11 @@ class CloakJob:
         self.tile = tile_side(settings, *self.padded_size, None, self.device.type)
         self.estimate: CostEstimate | None = None
         self.objective_note: str | None = None  # which objective ran, for the report (set by run)
+        has_decoder = any(m.decode is not None for m in encoder.members)
         # whether the passes decode (the decoded objective, where a member carries its decoder)
-        self.decoded = settings.decoded_weight + settings.decoded_style > 0 \
-            and any(m.decode is not None for m in encoder.members)
+        self.decoded = settings.decoded_weight + settings.decoded_style > 0 and has_decoder
         # share of the EOT draws that are a round trip through a member's decoder (each about one more pass)
-        self.roundtrip = settings.roundtrip_p if self.eot is not None and any(
-            m.decode is not None for m in encoder.members) else 0.0
+        self.roundtrip = settings.roundtrip_p if self.eot is not None and has_decoder else 0.0
 
     def padded(self) -> torch.Tensor:
         """All images padded to the encoder's multiple (float32, where they were given)."""
