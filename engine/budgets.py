@@ -11,6 +11,8 @@ import math
 import kornia
 import torch
 
+from .metrics import haarpsi
+
 
 class LinfBox:
     """Every pixel may move by at most ``eps`` (the L∞ ball of PGD / PhotoGuard / Mist)."""
@@ -60,17 +62,23 @@ class AdaptiveBudget(LinfBox):
     """
 
     def __init__(self, eps: float, floor: float = 0.1, min_psnr: float | None = None, window: int = 7,
-                 lowfreq_cut: float = 0.0):
+                 lowfreq_cut: float = 0.0, visibility_weight: float = 0.0):
         super().__init__(eps)
         if not 0 <= floor <= 1:
             raise ValueError(f"floor must be in [0, 1], got {floor}")
         if not 0 <= lowfreq_cut <= 1:
             raise ValueError(f"lowfreq_cut must be in [0, 1], got {lowfreq_cut}")
+        if visibility_weight < 0:
+            raise ValueError(f"visibility_weight must be at least 0, got {visibility_weight}")
         self.floor, self.min_psnr, self.window = float(floor), min_psnr, window
         # share of the change's local mean (a LOWFREQ_BOX² box blur of it) taken out at every projection, in smooth
         # areas (scaled by 1 - texture): smooth blotches there (what mottles a sky at 1:1;
         # engine.metrics.low_frequency_share) give way to fine grain; texture hides slow change and keeps it
         self.lowfreq_cut = float(lowfreq_cut)
+        # weight of what a person sees of the change, 1 - HaarPSI(x + δ, x) (engine.metrics.haarpsi, differentiable),
+        # added to the loss: the step then prefers changes HaarPSI does not see (fine grain in texture) to ones it
+        # does (smooth blotches, edges moved); 0 = off
+        self.visibility_weight = float(visibility_weight)
         self.smooth: torch.Tensor | None = None
         self.radius: torch.Tensor | None = None
 
@@ -95,6 +103,11 @@ class AdaptiveBudget(LinfBox):
             delta = delta * (self.radius / norm).clamp(max=1.0).view(-1, 1, 1, 1)
         return delta
 
+    def penalty(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor | None:
+        if self.visibility_weight <= 0:
+            return None
+        return self.visibility_weight * (1 - haarpsi(x_adv, x))
+
 
 class LpipsBudget(AdaptiveBudget):
     """Glaze's perceptual budget: ``alpha * max(LPIPS(x+δ, x) - p, 0)`` added to the loss, inside an
@@ -109,7 +122,8 @@ class LpipsBudget(AdaptiveBudget):
     def penalty(self, x, x_adv):
         net = self.net.to(x.device)
         d = net(x_adv * 2 - 1, x * 2 - 1).flatten(1).mean(1)
-        return self.alpha * (d - self.p).clamp_min(0)
+        seen = super().penalty(x, x_adv)
+        return self.alpha * (d - self.p).clamp_min(0) + (0 if seen is None else seen)
 
 
 def load_lpips():

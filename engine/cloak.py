@@ -66,17 +66,22 @@ class CloakSettings:
     # share of the change's local mean removed at every step (engine.budgets.AdaptiveBudget ``lowfreq_cut``):
     # less mottle on smooth areas at the same PSNR; adaptive and lpips budgets only
     lowfreq_cut: float = 0.0
+    # weight of 1 - HaarPSI(x', x) in the loss (engine.budgets.AdaptiveBudget ``visibility_weight``): a visibility
+    # term the step trades against the objective; adaptive and lpips budgets only; 0 = off
+    visibility_weight: float = 0.0
 
     def schedule(self) -> Schedule:
         return Schedule(self.steps, self.step_rule, self.lr, self.lr_final, self.patience)
 
     def make_budget(self):
         if self.budget == "adaptive":
-            return AdaptiveBudget(self.eps, floor=self.floor, min_psnr=self.min_psnr, lowfreq_cut=self.lowfreq_cut)
+            return AdaptiveBudget(self.eps, floor=self.floor, min_psnr=self.min_psnr, lowfreq_cut=self.lowfreq_cut,
+                                  visibility_weight=self.visibility_weight)
         if self.budget == "linf":
             return LinfBox(self.eps)
         if self.budget == "lpips":
-            return LpipsBudget(self.eps, floor=self.floor, min_psnr=self.min_psnr, lowfreq_cut=self.lowfreq_cut)
+            return LpipsBudget(self.eps, floor=self.floor, min_psnr=self.min_psnr, lowfreq_cut=self.lowfreq_cut,
+                               visibility_weight=self.visibility_weight)
         raise ValueError(f"unknown budget {self.budget!r}; choose adaptive, linf or lpips")
 
 
