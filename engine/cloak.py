@@ -106,10 +106,14 @@ INTENSITY = {
 # docs/evidence.md, "The new default") it kept 0.93x / 0.95x (line art) and 1.12x / 0.98x (painting) of the 100-step
 # default's shift over the clean set's (pixel / TAESANA judges; the gaps are within a seed spread), and on the
 # 4-artist perfect-mimic screen (bench/screen_mimic.py) 0.96x / 0.94x, in about a fifth of the time (0.21x at 256²,
-# 0.19x at 512²). faster (was 50 plain steps until 2026-12-02): 25 steps, decoded term on one
-# pass in 4, twice the step size. slowest stays 300 plain steps, the strongest the pack knows.
-RENDER_QUALITY = {"faster": 25, "default": 30, "slowest": 300}
-QUALITY_SCHEDULE = {"faster": dict(decoded_every=4, lr=0.5), "default": dict(decoded_every=3, lr=0.5)}
+# 0.19x at 512²). faster (50 plain steps until 2026-12-02, then 25 steps with the decoded term on one pass in 4
+# until 2026-12-07, which cost 0.18x of the old default against the new default's 0.21x): 15 steps, the decoded term
+# refreshed every 3rd pass, three times the plain step size. Judged by the same trained mimics it kept 0.88x / 0.91x
+# (line art) and 0.84x / 0.90x (painting) of the 100-step default's shift, 0.94x / 0.96x and 0.75x / 0.92x of the
+# new default's (pixel / TAESANA), at about half the new default's passes. slowest stays 300 plain steps, the
+# strongest the pack knows.
+RENDER_QUALITY = {"faster": 15, "default": 30, "slowest": 300}
+QUALITY_SCHEDULE = {"faster": dict(decoded_every=3, lr=0.75), "default": dict(decoded_every=3, lr=0.5)}
 # The concept poison's steps: its fast schedules are not judged (its own bench shows no B to keep), so it keeps plain
 # steps at the plain step size: 50 / 100 / 300.
 POISON_STEPS = {"faster": 50, "default": 100, "slowest": 300}

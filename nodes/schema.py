@@ -24,13 +24,15 @@ def cloak_inputs() -> list:
                                "GlazePerturb, a tenth for NightshadePoison). "
                                "custom: at most custom_budget/255 per pixel, no PSNR/SSIM floor."),
         io.Combo.Input("render_quality", options=list(RENDER_QUALITY), default="default",
-                       tooltip="How long to compute: faster = 25, default = 30, slowest = 300 optimisation steps "
+                       tooltip="How long to compute: faster = 15, default = 30, slowest = 300 optimisation steps "
                                "per image (NightshadePoison: 50 / 100 / 300). GlazePerturb's faster and default step "
-                               "twice as far and, with the decoded objective, decode on one step in 4 (faster) or "
-                               "3 (default). default (since 2026-12-07; was 100 plain steps) takes about a fifth "
-                               "of the old default's time; on TAEF2 models trained on cloaked line art and painting "
-                               "moved toward the target 0.93-1.12x as far as after the old default. slowest: 300 "
-                               "plain steps, the strongest cloak the pack knows."),
+                               "three and two times as far and, with the decoded objective, decode on one step in 3. "
+                               "faster (since 2026-12-07; was 25 steps) takes about half the default's time and kept "
+                               "0.84-0.91x of the old default's shift on TAEF2 (line art, painting). default (since "
+                               "2026-12-07; was 100 plain steps) takes about a fifth of the old default's time; on TAEF2 "
+                               "models trained on cloaked line art and painting moved toward the target 0.93-1.12x "
+                               "as far as after the old default. slowest: 300 plain steps, the strongest cloak the "
+                               "pack knows."),
         io.Combo.Input("robustness", options=list(ROBUSTNESS_LEVELS), default="on",
                        tooltip="Optimise in expectation over JPEG, resizing, blur, noise and crops so the cloak "
                                "survives them. strong: harsher transforms, twice the compute. off: fastest, "

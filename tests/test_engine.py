@@ -104,7 +104,7 @@ def test_budget_holds_on_saved_8bit_png(tmp_path):
 def test_adaptive_budget_spares_flat_areas(kind, spread):
     """Flat areas get at most the floor's share of the cap (0.1 for the poison, 0.5 for the style cloak)."""
     x = photo_like(1)
-    settings = E.settings_for("high", "faster", "off", kind=kind)
+    settings = E.settings_for("high", "default", "off", kind=kind)
     res, _ = glaze(x, toy_encoder(), settings)
     change = (res.images - x).abs()
     w = x.shape[-1]

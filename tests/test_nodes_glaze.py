@@ -147,7 +147,7 @@ def test_progress_bar_and_cancel(glaze, encoder, sample_image, style_image):
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
     try:
         run_glaze(glaze, encoder, small(sample_image), target, robustness="off")
-        assert seen[-1] == (25, 25) and len(seen) >= 25  # render quality faster: 25 steps
+        assert seen[-1] == (15, 15) and len(seen) >= 15  # render quality faster: 15 steps, one tick a step
         mm.interrupt_current_processing(True)
         with pytest.raises(mm.InterruptProcessingException):
             run_glaze(glaze, encoder, small(sample_image), target)

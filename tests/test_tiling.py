@@ -376,7 +376,7 @@ def test_a_cloak_with_a_decoder_runs_the_decoded_objective_in_tiles():
     # whole latents, never with gradients: 2 to calibrate, 3 for the report's perfect-mimic readout
     assert len(tiled) >= 4 * 16 and len(decodes) - len(tiled) == 2 + 3
     decodes.clear()
-    with torch.enable_grad():  # render quality faster's refresh: each tile decodes D(t) and D(z) once in 4 steps
+    with torch.enable_grad():  # a refresh on one pass in 4: each tile decodes D(t) and D(z) once in 4 steps
         lazy = E.cloak_images(x, enc, E.glaze_objectives(enc, target), dc.replace(s, decoded_every=4))
     tiled = [d for d in decodes if d[0] * d[1] < 32 * 32]
     assert len(tiled) == 2 * 16 and len(decodes) - len(tiled) == 2 + 3 and lazy.reports[0]["target_gain"] > 0.01
@@ -388,7 +388,7 @@ def test_a_cloak_with_a_decoder_runs_the_decoded_objective_in_tiles():
 
 
 def test_the_estimate_counts_the_decoder_on_one_pass_in_decoded_every(monkeypatch):
-    """Render quality faster decodes on one pass in 4: its up-front estimate costs the decoder a quarter of the time
+    """With the decoded term refreshed on one pass in 4 the up-front estimate costs the decoder a quarter of the time
     per step (its memory on every pass, since the refresh pass holds the decoder's activations)."""
     import dataclasses as dc
     job_mod = importlib.import_module(E.__name__ + ".job")
