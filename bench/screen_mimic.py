@@ -53,6 +53,35 @@ def variants(E):
     return out
 
 
+def chosen(E, names: list[str]) -> dict:
+    """name -> settings of each variant asked for: a name of :func:`variants`, or ``name:key=value:...`` (the default
+    with those settings changed, bench/bench_fast.py's spelling)."""
+    table = variants(E)
+    for n in names:
+        if ":" in n:
+            table[n] = dataclasses.replace(table["default"], **G.changes(table["default"], n))
+        if n not in table:
+            raise SystemExit(f"unknown variant {n!r}; choose from {list(table)} or write name:key=value")
+    return {n: table[n] for n in names}
+
+
+def cache_path(artist, name, xi, ti, settings) -> tuple[str, bool]:
+    """Where the cloak of ``xi`` by ``settings`` is (or goes) in the cache, and whether it is there: under the
+    variant's own name, or the same cloak made under another name."""
+    key = cache_key(xi, ti, settings)
+    path = os.path.join(OUT, artist, f"{name.replace(':', '_').replace('=', '')}-{key}.pt")
+    same = sorted(glob.glob(os.path.join(OUT, artist, f"*-{key}.pt")))  # the same cloak by another name
+    if same and not os.path.isfile(path):
+        path = same[0]
+    return path, os.path.isfile(path)
+
+
+def load_cached(path) -> tuple[torch.Tensor, float]:
+    """A cached cloak and the seconds it took (0 for caches written before the seconds were kept)."""
+    img = torch.load(path, weights_only=True)
+    return (img["image"], img["seconds"]) if isinstance(img, dict) else (img, 0.0)
+
+
 def cache_key(xi, ti, settings) -> str:
     """A cached cloak's key: the picture, its target and the settings it was made with (a preset whose meaning
     changes, or a variant built on it, is made anew)."""
@@ -88,13 +117,8 @@ def main():
     member = BM.taef2_with_decoder("the screen")
     enc = E.as_ensemble(member)
     judge = BM.StyleJudge(E)
-    table = variants(E)
     names = args.variants.split(",")
-    for n in list(names):
-        if ":" in n:  # name:key=value:...: the default with those settings changed (bench/bench_fast.py's spelling)
-            table[n] = dataclasses.replace(table["default"], **G.changes(table["default"], n))
-        if n not in table:
-            raise SystemExit(f"unknown variant {n!r}; choose from {list(table)} or write name:key=value")
+    table = chosen(E, names)
     crop = M.MIMIC_CROP
 
     def perfect(pics):
@@ -111,16 +135,10 @@ def main():
             pics, psnrs, secs = [], [], 0.0
             for i in range(args.pictures):
                 xi, ti = x[i:i + 1], t[i:i + 1]
-                key = cache_key(xi, ti, table[name])
-                path = os.path.join(OUT, artist, f"{name.replace(':', '_').replace('=', '')}-{key}.pt")
-                same = sorted(glob.glob(os.path.join(OUT, artist, f"*-{key}.pt")))  # the same cloak by another name
-                if same and not os.path.isfile(path):
-                    path = same[0]
-                if os.path.isfile(path):
-                    img = torch.load(path, weights_only=True)
-                    if isinstance(img, dict):
-                        secs += img["seconds"]
-                        img = img["image"]
+                path, cached = cache_path(artist, name, xi, ti, table[name])
+                if cached:
+                    img, sec = load_cached(path)
+                    secs += sec
                 else:
                     began = time.perf_counter()
                     # the reference: at the 8-bit level nearest the default intensity's PSNR ceiling (35 dB)

@@ -19,8 +19,6 @@ Variants are spelled as screen_mimic spells them; cloaks it has not made are rep
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import glob
 import os
 import sys
 
@@ -31,7 +29,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import bench_mimicry as BM  # noqa: E402
-import glaze_eval as G  # noqa: E402
 import screen_mimic as S  # noqa: E402
 
 
@@ -52,12 +49,9 @@ def main():
     ap.add_argument("--pictures", type=int, default=2)
     args = ap.parse_args()
     E = common.load_host().engine
-    table = S.variants(E)
-    for n in args.variants.split(","):
-        if ":" in n:
-            table[n] = dataclasses.replace(table["default"], **G.changes(table["default"], n))
-        if n not in table or table[n] is None:
-            raise SystemExit(f"unknown or unsupported variant {n!r} (the reference PGD is cached by level, not here)")
+    table = S.chosen(E, args.variants.split(","))
+    if "reference" in table:
+        raise SystemExit("variant 'reference' is not read here: screen_mimic caches the reference PGD by its level")
     print(f"{'artist':8} {'variant':28} {'pic':>3} {'PSNR':>6} {'HaarPSI':>8} {'GMSD':>7} {'HaarPSI full-res':>16} "
           f"{'SSIM':>6} {'nyquist share':>13} {'chroma share':>12}")
     for artist in args.artists.split(","):
@@ -66,12 +60,11 @@ def main():
             rows = []
             for i in range(args.pictures):
                 xi, ti = x[i:i + 1], t[i:i + 1]
-                found = glob.glob(os.path.join(S.OUT, artist, f"*-{S.cache_key(xi, ti, table[name])}.pt"))
-                if not found:
+                path, cached = S.cache_path(artist, name, xi, ti, table[name])
+                if not cached:
                     print(f"{artist:8} {name:28} {i:>3} missing (run bench/screen_mimic.py with this variant)")
                     continue
-                img = torch.load(found[0], weights_only=True)
-                img = img["image"] if isinstance(img, dict) else img
+                img = S.load_cached(path)[0]
                 d = img - xi
                 row = (float(E.psnr(img, xi)[0]), float(E.metrics.haarpsi(img, xi)[0]), float(E.metrics.gmsd(img, xi)[0]),
                        float(piq.haarpsi(img.clamp(0, 1), xi, data_range=1.0, subsample=False)),
