@@ -7,7 +7,10 @@ artist's decoded clean crops (share 0) and the target's (share 1) in the two sty
 against (engine.style_score's pixel statistics and TAESANA Gram matrices). Printed: per artist and variant, the mean
 PSNR, the latent target gain and the perfect-mimic shift (share of the decoded cloaked crops minus the decoded clean
 crops'), also after JPEG q75 of both; and each variant's mean over the artists beside plain PGD's (at the 8-bit
-level nearest the default intensity's PSNR ceiling, 35 dB). Cloaks are cached per
+level nearest the default intensity's PSNR ceiling, 35 dB). Variants ``pgdN`` are plain PGD at the 8-bit level N:
+with two or more of them the summary also sets each variant beside the level whose PSNR is nearest its own, and the
+level whose HaarPSI is nearest (matched change and matched visibility, issue 40), per artist. HaarPSI is printed as
+piq computes it (2×2 subsampled, as the reports) and at full resolution. Cloaks are cached per
 variant, picture and settings under bench/out/screen_mimic/ (a variant whose settings change is made anew).
 
 In bench_mimicry's first table the perfect mimic ranked the pack and the reference PGD as the trained models did in
@@ -58,7 +61,9 @@ def chosen(E, names: list[str]) -> dict:
     with those settings changed, bench/bench_fast.py's spelling)."""
     table = variants(E)
     for n in names:
-        if ":" in n:
+        if n.startswith("pgd") and n[3:].isdigit():  # plain PGD at a given 8-bit L∞ level (for matched comparisons)
+            table[n] = E.reference_settings(int(n[3:]) / 255, 100)
+        elif ":" in n:
             table[n] = dataclasses.replace(table["default"], **G.changes(table["default"], n))
         if n not in table:
             raise SystemExit(f"unknown variant {n!r}; choose from {list(table)} or write name:key=value")
@@ -92,6 +97,8 @@ def cloak_one(E, enc, name, settings, xi, ti, psnr_goal):
     if name == "reference":
         level = G.reference_level(psnr_goal)
         return G.cloak(E, enc, xi, ti, E.reference_settings(level / 255, 100))[0]
+    if name.startswith("pgd"):  # settings are the reference's at the variant's level (chosen)
+        return G.cloak(E, enc, xi, ti, settings)[0]
     return G.cloak(E, enc, xi, ti, settings)[0]
 
 
@@ -156,9 +163,11 @@ def main():
             shift.update({f"{m}@jpeg": jshare[m] - jclean[m] for m in jshare})
             gain = latent_gain(member, x[:args.pictures], pics, t[:args.pictures])
             seen = {k: sum(v) / len(v) for k, v in E.metrics.visibility(x[:args.pictures], pics).items()}
+            seen["haarpsi_full"] = float(E.metrics.haarpsi(pics, x[:args.pictures], subsample=False).mean())
             results[(artist, name)] = (sum(psnrs) / len(psnrs), shift, gain, seen, secs)
             print(f"{artist:9} {name:20} PSNR {results[(artist, name)][0]:.2f}  HaarPSI {seen['haarpsi']:.3f}  "
-                  f"GMSD {seen['gmsd']:.4f}  low-freq {seen['low_freq']:.2f}  latent gain {gain:.3f}  "
+                  f"(full-res {seen['haarpsi_full']:.3f})  GMSD {seen['gmsd']:.4f}  low-freq {seen['low_freq']:.2f}  "
+                  f"latent gain {gain:.3f}  "
                   + "  ".join(f"{m} {v:+.3f}" for m, v in shift.items())
                   + f"  ({secs / args.pictures:.1f} s a cloak{'' if secs else ', cached'})", flush=True)
     print("\n== mean perfect-mimic shift over the artists ==")
@@ -171,10 +180,39 @@ def main():
         ratio = {m: mean[m] / (sum(r[1][m] for r in ref) / len(ref)) for m in ms} if ref else {}
         seen = {k: sum(r[3][k] for r in rows) / len(rows) for k in rows[0][3]}
         print(f"{name:20} PSNR {sum(r[0] for r in rows) / len(rows):.2f}  HaarPSI {seen['haarpsi']:.3f}  "
-              f"GMSD {seen['gmsd']:.4f}  low-freq {seen['low_freq']:.2f}  "
+              f"(full-res {seen['haarpsi_full']:.3f})  GMSD {seen['gmsd']:.4f}  low-freq {seen['low_freq']:.2f}  "
               f"{sum(r[4] for r in rows) / len(rows) / args.pictures:.1f} s a cloak  "
               f"gain {sum(r[2] for r in rows) / len(rows):.3f}  "
               + "  ".join(f"{m} {mean[m]:+.3f}" + (f" ({ratio[m]:.2f}x ref)" if ratio else "") for m in ms))
+
+    levels = [n for n in names if n.startswith("pgd") and n[3:].isdigit()]
+    if len(levels) >= 2:
+        matched_summary(results, artists, [n for n in names if n not in levels and n != "reference"], levels)
+
+
+def matched_summary(results, artists, names, levels):
+    """Each variant against plain PGD at the level (of ``levels``) whose PSNR, then whose HaarPSI, is nearest its own,
+    per artist: the visibility measures side by side and the shift ratios, then their means over the artists."""
+    for match, col in (("PSNR", 0), ("HaarPSI", "haarpsi")):
+        print(f"\n== against plain PGD at matched {match} (per artist, the level of {','.join(levels)} nearest) ==")
+        for name in names:
+            ratios, wins = {}, []
+            for a in artists:
+                own = results[(a, name)]
+                key = (lambda r: r[0]) if col == 0 else (lambda r: r[3]["haarpsi"])
+                lv = min(levels, key=lambda n: abs(key(results[(a, n)]) - key(own)))
+                ref = results[(a, lv)]
+                wins.append((own[3]["haarpsi"] >= ref[3]["haarpsi"], own[3]["gmsd"] <= ref[3]["gmsd"]))
+                for m, v in own[1].items():
+                    ratios.setdefault(m, []).append((v, ref[1][m]))
+                print(f"{a:9} {name:20} PSNR {own[0]:.2f} / {lv} {ref[0]:.2f}  HaarPSI {own[3]['haarpsi']:.3f} / "
+                      f"{ref[3]['haarpsi']:.3f}  full-res {own[3]['haarpsi_full']:.3f} / {ref[3]['haarpsi_full']:.3f}  "
+                      f"GMSD {own[3]['gmsd']:.4f} / {ref[3]['gmsd']:.4f}  "
+                      + "  ".join(f"{m} {own[1][m]:+.3f} / {ref[1][m]:+.3f}" for m in own[1]), flush=True)
+            print(f"{'mean':9} {name:20} HaarPSI >= PGD's on {sum(w[0] for w in wins)}/{len(wins)}, GMSD <= PGD's on "
+                  f"{sum(w[1] for w in wins)}/{len(wins)};  shift ratio "
+                  + "  ".join(f"{m} {sum(o for o, _ in v) / max(sum(r for _, r in v), 1e-9):.2f}x"
+                              for m, v in ratios.items()) + "  (mean shift over mean PGD shift)", flush=True)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,10 @@ def texture_map(x: torch.Tensor, window: int = 7, knee: float = 0.03, smooth: fl
     return kornia.filters.gaussian_blur2d(t, (k, k), (smooth, smooth), border_type="reflect").clamp(0, 1)
 
 
+# which HaarPSI the visibility term reads: piq's own (the picture averaged over 2×2 pixels first, its model of viewing
+# distance, blind to a pixel-level checkerboard: a loss made against it alone moves the change there, docs/evidence.md
+# "A visibility term in the loss"), every pixel as it is ("full"), or the mean of the two ("both")
+VISIBILITY_MEASURES = ("subsampled", "full", "both")
 LOWFREQ_BOX = 5  # px: the box whose blur of the change counts as its low-frequency part (as the metric's)
 
 
@@ -62,7 +66,7 @@ class AdaptiveBudget(LinfBox):
     """
 
     def __init__(self, eps: float, floor: float = 0.1, min_psnr: float | None = None, window: int = 7,
-                 lowfreq_cut: float = 0.0, visibility_weight: float = 0.0):
+                 lowfreq_cut: float = 0.0, visibility_weight: float = 0.0, visibility_measure: str = "subsampled"):
         super().__init__(eps)
         if not 0 <= floor <= 1:
             raise ValueError(f"floor must be in [0, 1], got {floor}")
@@ -70,6 +74,8 @@ class AdaptiveBudget(LinfBox):
             raise ValueError(f"lowfreq_cut must be in [0, 1], got {lowfreq_cut}")
         if visibility_weight < 0:
             raise ValueError(f"visibility_weight must be at least 0, got {visibility_weight}")
+        if visibility_measure not in VISIBILITY_MEASURES:
+            raise ValueError(f"visibility_measure must be one of {VISIBILITY_MEASURES}, got {visibility_measure!r}")
         self.floor, self.min_psnr, self.window = float(floor), min_psnr, window
         # share of the change's local mean (a LOWFREQ_BOX² box blur of it) taken out at every projection, in smooth
         # areas (scaled by 1 - texture): smooth blotches there (what mottles a sky at 1:1;
@@ -77,8 +83,9 @@ class AdaptiveBudget(LinfBox):
         self.lowfreq_cut = float(lowfreq_cut)
         # weight of what a person sees of the change, 1 - HaarPSI(x + δ, x) (engine.metrics.haarpsi, differentiable),
         # added to the loss: the step then prefers changes HaarPSI does not see (fine grain in texture) to ones it
-        # does (smooth blotches, edges moved); 0 = off
+        # does (smooth blotches, edges moved); 0 = off. ``visibility_measure``: which HaarPSI (VISIBILITY_MEASURES)
         self.visibility_weight = float(visibility_weight)
+        self.visibility_measure = visibility_measure
         self.smooth: torch.Tensor | None = None
         self.radius: torch.Tensor | None = None
 
@@ -106,7 +113,13 @@ class AdaptiveBudget(LinfBox):
     def penalty(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor | None:
         if self.visibility_weight <= 0:
             return None
-        return self.visibility_weight * (1 - haarpsi(x_adv, x))
+        if self.visibility_measure == "subsampled":
+            seen = haarpsi(x_adv, x)
+        elif self.visibility_measure == "full":
+            seen = haarpsi(x_adv, x, subsample=False)
+        else:
+            seen = (haarpsi(x_adv, x) + haarpsi(x_adv, x, subsample=False)) / 2
+        return self.visibility_weight * (1 - seen)
 
 
 class LpipsBudget(AdaptiveBudget):

@@ -69,6 +69,17 @@ class CloakSettings:
     # weight of 1 - HaarPSI(x', x) in the loss (engine.budgets.AdaptiveBudget ``visibility_weight``): a visibility
     # term the step trades against the objective; adaptive and lpips budgets only; 0 = off
     visibility_weight: float = 0.0
+    # which HaarPSI that term reads (engine.budgets.VISIBILITY_MEASURES): "subsampled" (piq's own), "full", "both"
+    visibility_measure: str = "subsampled"
+
+    # fields added after the bench caches were keyed on repr(settings): left out of the repr at their defaults, so
+    # a cache made before they existed is still found (a cloak made with them set is keyed apart)
+    _LATE_FIELDS = {"visibility_measure": "subsampled"}
+
+    def __repr__(self) -> str:
+        shown = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                 if not (f.name in self._LATE_FIELDS and getattr(self, f.name) == self._LATE_FIELDS[f.name])]
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     def schedule(self) -> Schedule:
         return Schedule(self.steps, self.step_rule, self.lr, self.lr_final, self.patience)
@@ -76,12 +87,12 @@ class CloakSettings:
     def make_budget(self):
         if self.budget == "adaptive":
             return AdaptiveBudget(self.eps, floor=self.floor, min_psnr=self.min_psnr, lowfreq_cut=self.lowfreq_cut,
-                                  visibility_weight=self.visibility_weight)
+                                  visibility_weight=self.visibility_weight, visibility_measure=self.visibility_measure)
         if self.budget == "linf":
             return LinfBox(self.eps)
         if self.budget == "lpips":
             return LpipsBudget(self.eps, floor=self.floor, min_psnr=self.min_psnr, lowfreq_cut=self.lowfreq_cut,
-                               visibility_weight=self.visibility_weight)
+                               visibility_weight=self.visibility_weight, visibility_measure=self.visibility_measure)
         raise ValueError(f"unknown budget {self.budget!r}; choose adaptive, linf or lpips")
 
 

@@ -22,9 +22,11 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11) -> torch.Tensor:
     return kornia.metrics.ssim(a.float(), b.float(), window).flatten(1).mean(1)
 
 
-def haarpsi(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """HaarPSI of ``a`` against ``b`` (``piq.haarpsi``, its own defaults; 1 = identical). Differentiable."""
-    return piq.haarpsi(a.float().clamp(0, 1), b.float().clamp(0, 1), data_range=1.0, reduction="none")
+def haarpsi(a: torch.Tensor, b: torch.Tensor, subsample: bool = True) -> torch.Tensor:
+    """HaarPSI of ``a`` against ``b`` (``piq.haarpsi``, its own defaults; 1 = identical). Differentiable.
+    ``subsample=False``: without piq's 2×2 averaging first, so the change at the pixel level counts too."""
+    return piq.haarpsi(a.float().clamp(0, 1), b.float().clamp(0, 1), data_range=1.0, reduction="none",
+                       subsample=subsample)
 
 
 def gmsd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -158,6 +158,24 @@ def test_visibility_weight_trades_target_gain_for_what_haarpsi_sees():
         E.AdaptiveBudget(8 / 255, visibility_weight=-1.0)
 
 
+def test_visibility_measure_full_sees_the_pixel_band_the_subsampled_one_misses():
+    """piq's HaarPSI averages 2×2 pixels first, so a pixel-level checkerboard (the Nyquist band) is invisible to it and
+    to a visibility term made against it; ``visibility_measure="full"`` reads every pixel and charges that change,
+    "both" charges half; the repr (bench caches' key) names the measure only when it is not the old default."""
+    x = photo_like(1, 64, 64)
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    checker = (((yy + xx) % 2) * 2 - 1).float().expand_as(x) * (6 / 255)
+    pen = {m: float(E.AdaptiveBudget(8 / 255, visibility_weight=1.0, visibility_measure=m).penalty(x, x + checker))
+           for m in E.budgets.VISIBILITY_MEASURES}
+    assert pen["subsampled"] < 1e-3 < pen["full"], pen
+    assert pen["both"] == pytest.approx((pen["subsampled"] + pen["full"]) / 2, abs=1e-5)
+    base = E.settings_for("default", "default", "on")
+    assert "visibility_measure" not in repr(base)
+    assert "visibility_measure='full'" in repr(dataclasses.replace(base, visibility_measure="full"))
+    with pytest.raises(ValueError, match="visibility_measure"):
+        E.AdaptiveBudget(8 / 255, visibility_measure="eyes")
+
+
 def test_linf_box_holds():
     x = photo_like()
     res, _ = glaze(x, toy_encoder(), E.reference_settings(4 / 255, 20))
