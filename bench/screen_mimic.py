@@ -56,12 +56,17 @@ def variants(E):
     return out
 
 
+def is_level(name: str) -> bool:
+    """Whether ``name`` is a ``pgdN`` variant: plain PGD at the 8-bit L∞ level N (for matched comparisons)."""
+    return name.startswith("pgd") and name[3:].isdigit()
+
+
 def chosen(E, names: list[str]) -> dict:
     """name -> settings of each variant asked for: a name of :func:`variants`, or ``name:key=value:...`` (the default
     with those settings changed, bench/bench_fast.py's spelling)."""
     table = variants(E)
     for n in names:
-        if n.startswith("pgd") and n[3:].isdigit():  # plain PGD at a given 8-bit L∞ level (for matched comparisons)
+        if is_level(n):  # cloak_one runs these settings as they are
             table[n] = E.reference_settings(int(n[3:]) / 255, 100)
         elif ":" in n:
             table[n] = dataclasses.replace(table["default"], **G.changes(table["default"], n))
@@ -97,8 +102,6 @@ def cloak_one(E, enc, name, settings, xi, ti, psnr_goal):
     if name == "reference":
         level = G.reference_level(psnr_goal)
         return G.cloak(E, enc, xi, ti, E.reference_settings(level / 255, 100))[0]
-    if name.startswith("pgd"):  # settings are the reference's at the variant's level (chosen)
-        return G.cloak(E, enc, xi, ti, settings)[0]
     return G.cloak(E, enc, xi, ti, settings)[0]
 
 
@@ -185,7 +188,7 @@ def main():
               f"gain {sum(r[2] for r in rows) / len(rows):.3f}  "
               + "  ".join(f"{m} {mean[m]:+.3f}" + (f" ({ratio[m]:.2f}x ref)" if ratio else "") for m in ms))
 
-    levels = [n for n in names if n.startswith("pgd") and n[3:].isdigit()]
+    levels = [n for n in names if is_level(n)]
     if len(levels) >= 2:
         matched_summary(results, artists, [n for n in names if n not in levels and n != "reference"], levels)
 
@@ -193,13 +196,12 @@ def main():
 def matched_summary(results, artists, names, levels):
     """Each variant against plain PGD at the level (of ``levels``) whose PSNR, then whose HaarPSI, is nearest its own,
     per artist: the visibility measures side by side and the shift ratios, then their means over the artists."""
-    for match, col in (("PSNR", 0), ("HaarPSI", "haarpsi")):
+    for match, key in (("PSNR", lambda r: r[0]), ("HaarPSI", lambda r: r[3]["haarpsi"])):
         print(f"\n== against plain PGD at matched {match} (per artist, the level of {','.join(levels)} nearest) ==")
         for name in names:
             ratios, wins = {}, []
             for a in artists:
                 own = results[(a, name)]
-                key = (lambda r: r[0]) if col == 0 else (lambda r: r[3]["haarpsi"])
                 lv = min(levels, key=lambda n: abs(key(results[(a, n)]) - key(own)))
                 ref = results[(a, lv)]
                 wins.append((own[3]["haarpsi"] >= ref[3]["haarpsi"], own[3]["gmsd"] <= ref[3]["gmsd"]))

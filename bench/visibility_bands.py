@@ -7,7 +7,7 @@ highest spatial frequencies (a pixel-level checkerboard) is invisible to both. A
 loss was not made against beside the ones it was:
 
   haarpsi / gmsd      piq's, with its 2×2 subsampling (what the report and ``visibility_weight`` use)
-  haarpsi full-res    piq.haarpsi with ``subsample=False``: every pixel as it is
+  haarpsi full-res    engine.metrics.haarpsi with ``subsample=False``: every pixel as it is
   ssim                kornia's, full resolution (11 px window)
   nyquist share       share of the change's energy that a 2×2 average removes (what the subsampled measures miss)
   chroma share        share of the change's energy in Cb/Cr rather than Y (YCbCr)
@@ -23,7 +23,6 @@ import os
 import sys
 
 import kornia
-import piq
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +66,7 @@ def main():
                 img = S.load_cached(path)[0]
                 d = img - xi
                 row = (float(E.psnr(img, xi)[0]), float(E.metrics.haarpsi(img, xi)[0]), float(E.metrics.gmsd(img, xi)[0]),
-                       float(piq.haarpsi(img.clamp(0, 1), xi, data_range=1.0, subsample=False)),
+                       float(E.metrics.haarpsi(img, xi, subsample=False)[0]),
                        float(E.metrics.ssim(img, xi)[0]), nyquist_share(d), chroma_share(d))
                 rows.append(row)
                 print(f"{artist:8} {name:28} {i:>3} {row[0]:6.2f} {row[1]:8.4f} {row[2]:7.4f} {row[3]:16.4f} "
