@@ -7,7 +7,9 @@ render quality instead of default; a bare render quality name is that preset).
 Every variant cloaks the same development images (bench/devset.py: the eight 256² kinds, the two 512² ones) and is
 scored on the whole TAEF2 in float32: PSNR, SSIM, target gain clean, after a real JPEG q75 and after the TAEF2
 round trip, seconds per image; then each variant's means and its ratios to the first variant, and a row for plain
-PGD (``reference``: L∞ sign PGD, 100 steps, at the 8-bit level nearest the first variant's mean PSNR).
+PGD (``reference``: L∞ sign PGD, 100 steps, at the 8-bit level nearest the first variant's mean PSNR). ``pgdN``:
+plain PGD at the 8-bit level N; with such rows each variant is also set, per image, beside the level whose PSNR is
+nearest its own (HaarPSI and GMSD at matched change, issue 40).
 
     .host/venv/bin/python bench/bench_fast.py --sizes 256 --variants default,faster,s25:steps=25
     .host/venv/bin/python bench/bench_fast.py --sizes 256,512 --variants default,faster,reference
@@ -95,7 +97,8 @@ def main():
         if args.images:
             x_all, t_all, kinds = x_all[:args.images], t_all[:args.images], kinds[:args.images]
         rows = {}
-        named = [variant(E, s) for s in specs if s != "reference"]
+        levels = [s for s in specs if s.startswith("pgd") and s[3:].isdigit()]  # plain PGD at given 8-bit levels
+        named = [variant(E, s) for s in specs if s != "reference" and s not in levels]
         for j, kind in enumerate(kinds):
             x, t = x_all[j:j + 1], t_all[j:j + 1]
             for name, s in named:
@@ -108,7 +111,12 @@ def main():
                 x, t = x_all[j:j + 1], t_all[j:j + 1]
                 rows.setdefault("reference", []).append(
                     scored(E, enc, f"reference{level}", ref, x, t, kind, size, roundtrip))
-        names = [n for n, _ in named] + (["reference"] if "reference" in specs else [])
+        for lv in levels:
+            ref = dataclasses.replace(E.reference_settings(int(lv[3:]) / 255, 100), precision="auto")
+            for j, kind in enumerate(kinds):
+                x, t = x_all[j:j + 1], t_all[j:j + 1]
+                rows.setdefault(lv, []).append(scored(E, enc, f"reference{lv[3:]}", ref, x, t, kind, size, roundtrip))
+        names = [n for n, _ in named] + (["reference"] if "reference" in specs else []) + levels
         means = {n: G.mean_rows(rows[n], KEYS) for n in names}
         print(G.fmt_table(f"\n{size}², means over {len(kinds)} development images (TAEF2, fp32 scoring)",
                           [(n, means[n]) for n in names], KEYS))
@@ -118,6 +126,25 @@ def main():
             f"round trip {means[n]['gain_roundtrip'] / base['gain_roundtrip']:.3f}, "
             f"psnr {means[n]['psnr'] - base['psnr']:+.2f} dB, time {means[n]['sec'] / base['sec']:.2f}x"
             for n in names[1:]), flush=True)
+        if levels:
+            matched(named, levels, rows, kinds)
+
+
+def matched(named, levels, rows, kinds):
+    """Per image, each variant beside plain PGD at the level (of ``levels``) whose PSNR is nearest its own: is the
+    variant at least as unseen by HaarPSI (higher) and GMSD (lower)?"""
+    print(f"\nagainst plain PGD at the level of {','.join(levels)} whose PSNR is nearest, per image:")
+    for name, _ in named:
+        wins = [0, 0]
+        for j, kind in enumerate(kinds):
+            own = rows[name][j]
+            lv = min(levels, key=lambda n: abs(rows[n][j]["psnr"] - own["psnr"]))
+            ref = rows[lv][j]
+            wins[0] += own["haarpsi"] >= ref["haarpsi"]
+            wins[1] += own["gmsd"] <= ref["gmsd"]
+            print(f"  {kind:16} {name:10} PSNR {own['psnr']:.2f} / {lv} {ref['psnr']:.2f}  HaarPSI {own['haarpsi']:.3f} / "
+                  f"{ref['haarpsi']:.3f}  GMSD {own['gmsd']:.4f} / {ref['gmsd']:.4f}")
+        print(f"  {name}: HaarPSI >= PGD's on {wins[0]}/{len(kinds)}, GMSD <= PGD's on {wins[1]}/{len(kinds)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -141,7 +141,10 @@ class CloakJob:
                 x_adv = torch.where(keep.bool(), x_adv, x)
             with torch.no_grad():
                 gain = metrics.target_gain(objective.start, objective.distances(self.pad(x_adv), encoder=scoring))
-            self.objective_note = self.objective_note or describe_objective(objective)
+            if not self.objective_note:
+                self.objective_note = describe_objective(objective) + (
+                    f"; visibility 1 - HaarPSI ({s.visibility_measure}) x {s.visibility_weight:g}"
+                    if s.visibility_weight > 0 and s.budget != "linf" else "")
             reports.append({**self._mimic(objective, scoring, x, x_adv),
                 "psnr": float(metrics.psnr(x_adv, x)[0]),
                 "ssim": float(metrics.ssim(x_adv, x)[0]),

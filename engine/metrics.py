@@ -25,8 +25,16 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11) -> torch.Tensor:
 def haarpsi(a: torch.Tensor, b: torch.Tensor, subsample: bool = True) -> torch.Tensor:
     """HaarPSI of ``a`` against ``b`` (``piq.haarpsi``, its own defaults; 1 = identical). Differentiable.
     ``subsample=False``: without piq's 2×2 averaging first, so the change at the pixel level counts too."""
-    return piq.haarpsi(a.float().clamp(0, 1), b.float().clamp(0, 1), data_range=1.0, reduction="none",
-                       subsample=subsample)
+    a, b = a.float().clamp(0, 1), b.float().clamp(0, 1)
+    # piq divides by the sum of its weights, which is 0 for two all-black pictures (no Haar response anywhere, not
+    # even at the zero-padded border): inf, and NaN in the gradient. Such a pair is identical: 1, without piq.
+    live = (a.flatten(1).amax(1) > 0) | (b.flatten(1).amax(1) > 0)
+    if bool(live.all()):
+        return piq.haarpsi(a, b, data_range=1.0, reduction="none", subsample=subsample)
+    seen = torch.ones(a.shape[0], device=a.device)
+    if bool(live.any()):
+        seen[live] = piq.haarpsi(a[live], b[live], data_range=1.0, reduction="none", subsample=subsample)
+    return seen
 
 
 def gmsd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -143,12 +143,20 @@ def test_lowfreq_cut_turns_smooth_blotches_into_grain():
 
 def test_visibility_weight_trades_target_gain_for_what_haarpsi_sees():
     """``visibility_weight`` adds 1 - HaarPSI(x', x) to the loss: the same cloak with the term on is less visible by
-    HaarPSI (higher) and still moves toward the target; off (0, every preset) the budget adds no penalty at all, so
-    the loop runs as it did before the option existed."""
+    HaarPSI (higher) and still moves toward the target; off (the poison's presets, GlazePerturb with its decoded
+    objective off) the budget adds no penalty at all, so the loop runs as it did before the option existed. The style
+    cloak's presets carry it (full resolution, weight 1) with the SSIM floor GLAZE_SSIM_RELIEF lower."""
     x = photo_like(1, 96, 96)
-    base = dataclasses.replace(E.settings_for("default", "faster", "off"), steps=12)
-    assert base.visibility_weight == 0.0 and base.make_budget().penalty(x, x + 0.01) is None
-    assert dataclasses.replace(base, visibility_weight=1.0).make_budget().penalty(x, x + 0.01).shape == (1,)
+    glaze_preset = E.settings_for("default", "faster", "off")
+    assert (glaze_preset.visibility_weight, glaze_preset.visibility_measure) == (1.0, "full")
+    assert glaze_preset.min_ssim == pytest.approx(E.INTENSITY["default"]["min_ssim"] - E.cloak.GLAZE_SSIM_RELIEF)
+    poison = E.settings_for("default", "faster", "off", kind="nightshade")
+    assert poison.visibility_weight == 0.0 and poison.make_budget().penalty(x, x + 0.01) is None
+    assert poison.min_ssim == E.INTENSITY["default"]["min_ssim"]
+    latent_only = E.CloakOptions(render_quality="faster", robustness="off", decoded=False).settings()
+    assert latent_only.visibility_weight == 0.0 and latent_only.min_ssim == poison.min_ssim
+    base = dataclasses.replace(glaze_preset, steps=12, visibility_weight=0.0, visibility_measure="subsampled")
+    assert glaze_preset.make_budget().penalty(x, x + 0.01).shape == (1,)
     plain, _ = glaze(x, toy_encoder(), base)
     seen, _ = glaze(x, toy_encoder(), dataclasses.replace(base, visibility_weight=1.0))
     hp_plain, hp_seen = float(E.metrics.haarpsi(plain.images, x)), float(E.metrics.haarpsi(seen.images, x))
@@ -161,7 +169,8 @@ def test_visibility_weight_trades_target_gain_for_what_haarpsi_sees():
 def test_visibility_measure_full_sees_the_pixel_band_the_subsampled_one_misses():
     """piq's HaarPSI averages 2×2 pixels first, so a pixel-level checkerboard (the Nyquist band) is invisible to it and
     to a visibility term made against it; ``visibility_measure="full"`` reads every pixel and charges that change,
-    "both" charges half; the repr (bench caches' key) names the measure only when it is not the old default."""
+    "both" charges half; the repr (bench caches' key) names the measure only where it is not "subsampled" (the style
+    cloak's presets read "full")."""
     x = photo_like(1, 64, 64)
     yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
     checker = (((yy + xx) % 2) * 2 - 1).float().expand_as(x) * (6 / 255)
@@ -169,11 +178,25 @@ def test_visibility_measure_full_sees_the_pixel_band_the_subsampled_one_misses()
            for m in E.budgets.VISIBILITY_MEASURES}
     assert pen["subsampled"] < 1e-3 < pen["full"], pen
     assert pen["both"] == pytest.approx((pen["subsampled"] + pen["full"]) / 2, abs=1e-5)
-    base = E.settings_for("default", "default", "on")
-    assert "visibility_measure" not in repr(base)
-    assert "visibility_measure='full'" in repr(dataclasses.replace(base, visibility_measure="full"))
+    poison = E.settings_for("default", "default", "on", kind="nightshade")
+    assert "visibility_measure" not in repr(poison)
+    assert "visibility_measure='full'" in repr(E.settings_for("default", "default", "on"))
     with pytest.raises(ValueError, match="visibility_measure"):
         E.AdaptiveBudget(8 / 255, visibility_measure="eyes")
+
+
+def test_an_all_black_picture_gets_a_finite_visibility_term_and_cloak():
+    """piq's HaarPSI of two all-black pictures is 0/0 (no Haar response anywhere): inf, and NaN in the gradient, which
+    the style cloak's visibility term (on in its presets) turned into a NaN picture. Such a pair reads 1 (identical)
+    and a black picture beside a photo in one batch cloaks to finite pixels."""
+    x = torch.cat([torch.zeros(1, 3, 32, 32), photo_like(1, 32, 32)])
+    changed = (x + 0.01 * torch.rand_like(x) * torch.tensor([0.0, 1.0]).view(2, 1, 1, 1)).requires_grad_()
+    seen = E.metrics.haarpsi(changed, x, subsample=False)
+    seen.sum().backward()
+    assert float(seen[0]) == 1.0 and float(seen[1]) < 1 and bool(torch.isfinite(changed.grad).all())
+    res, _ = glaze(x, toy_encoder(), E.settings_for("default", "faster", "on"))
+    assert bool(torch.isfinite(res.images).all())
+    assert float((res.images[1] - x[1]).abs().max()) > 0  # the photo beside it is still cloaked
 
 
 def test_linf_box_holds():

@@ -144,20 +144,24 @@ def test_a_cloak_on_taef2_beats_equal_psnr_noise_and_the_reference_loop(comfy_ho
     # the latent objective with flat floor 0.1: GlazePerturb's default until 2026-12-01, what the README's latent
     # tables measured: about the reference's clean gain (0.98x on the development set), well above it once the
     # image has been through JPEG q75 (1.38x there)
-    latent_img, latent = run(dataclasses.replace(default, floor=0.1, decoded_weight=0.0, decoded_style=0.0))
+    latent_img, latent = run(dataclasses.replace(default, floor=0.1, decoded_weight=0.0, decoded_style=0.0,
+                                                 visibility_weight=0.0, min_ssim=E.INTENSITY["default"]["min_ssim"]))
     assert latent["psnr"] >= ref["psnr"] - 0.05
     assert gain(latent_img) > 0.9 * gain(ref_img), (gain(latent_img), gain(ref_img))
     assert gain(jpeg(latent_img, 75)) > 1.2 * gain(jpeg(ref_img, 75)), (gain(jpeg(latent_img, 75)),
                                                                          gain(jpeg(ref_img, 75)))
     # today's default trades latent gain for what a mimic draws (the decoded objective and, since 2026-12-05, its
-    # style term: 0.86x the reference's clean gain before that term, 0.67x with it here): still far above
-    # equal-PSNR noise, and ahead of the reference after JPEG
+    # style term: 0.86x the reference's clean gain before that term, 0.67x with it here; since 2026-12-07 the
+    # visibility term trades a little more of it, 0.58x, for a change HaarPSI sees less; the trained mimic, not the
+    # latent gain, judged both): still far above equal-PSNR noise, and, after JPEG, about the reference's (1.2x and
+    # more before the visibility term, 0.99x with it here: the term moves some change into colour, which JPEG's
+    # colour subsampling halves; the perfect-mimic screen kept 0.79-0.99x of its shift after JPEG, docs/evidence.md)
     ours_img, ours = run(default)
     assert ours["psnr"] >= ref["psnr"] - 0.05
     noise = gain(equal_psnr_noise(x, ours_img))
     assert gain(ours_img) > 0.15 and gain(ours_img) > 5 * max(noise, 0.01), (gain(ours_img), noise)
-    assert gain(ours_img) > 0.6 * gain(ref_img), (gain(ours_img), gain(ref_img))
-    assert gain(jpeg(ours_img, 75)) > 1.2 * gain(jpeg(ref_img, 75)), (gain(jpeg(ours_img, 75)),
+    assert gain(ours_img) > 0.5 * gain(ref_img), (gain(ours_img), gain(ref_img))
+    assert gain(jpeg(ours_img, 75)) > 0.9 * gain(jpeg(ref_img, 75)), (gain(jpeg(ours_img, 75)),
                                                                        gain(jpeg(ref_img, 75)))
 
 
