@@ -40,6 +40,7 @@ Cloaked sets and trained models are cached in bench/out/mimicry/ (keyed by the d
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import os
 import time
@@ -59,14 +60,15 @@ SAMPLES, DDIM = 512, 40
 
 
 PHOTOS = ("coffee", "rocket", "chelsea", "astronaut", "immunohistochemistry", "colorwheel")
+FIGURES = ("astronaut", "chelsea", "coffee", "rocket")  # the illustration artist's subjects: a person, a cat, things
 
 
-def photo_tiles(count: int, side: int = 256) -> np.ndarray:
+def photo_tiles(count: int, side: int = 256, names: tuple[str, ...] = PHOTOS) -> np.ndarray:
     """``count`` different ``side``² tiles of scikit-image's bundled photos (a grid of each photo at its own size,
     taken round-robin over the photos), ``[count, side, side, 3]`` in 0..1 on 8-bit levels."""
     import skimage.data
     per = []
-    for name in PHOTOS:
+    for name in names:
         img = getattr(skimage.data, name)()[..., :3]
         h, w = img.shape[:2]
         ys = np.linspace(0, h - side, max(1, round((h - side) / (side / 2)) + 1)).round().astype(int)
@@ -88,8 +90,10 @@ def artist_sources(name: str, count: int = SOURCES) -> tuple[torch.Tensor, torch
         imgs = [devset._painting(tile, 300 + i) for i, tile in enumerate(photo_tiles(count))]
     elif name == "photo":
         imgs = list(photo_tiles(count))
+    elif name == "illustration":  # figurative: cel-shaded people, animals and objects with ink outlines (issue 38)
+        imgs = [devset._cel(tile, levels=4 + i % 3).numpy() for i, tile in enumerate(photo_tiles(count, names=FIGURES))]
     else:
-        raise ValueError(f"unknown artist {name!r}; choose flat, lineart, painting or photo")
+        raise ValueError(f"unknown artist {name!r}; choose flat, lineart, painting, photo or illustration")
     x = torch.from_numpy(np.stack([np.round(i * 255) / 255 for i in imgs]).astype(np.float32)).permute(0, 3, 1, 2)
     return _with_targets(x.contiguous(), name)
 
@@ -157,6 +161,8 @@ def trained(M, latents: torch.Tensor, settings, config, tag: str, labels: torch.
     data = latents.numpy().tobytes() + (b"" if labels is None else labels.numpy().tobytes())
     key = hashlib.sha1(data + repr((settings, config)).encode()).hexdigest()[:16]
     path = os.path.join(out, f"{tag}-{key}.safetensors")
+    if not os.path.isfile(path):  # the same data, seed and settings trained under another set's name (a screened
+        path = next(iter(sorted(glob.glob(os.path.join(out, f"*-{key}.safetensors")))), path)  # variant, now default)
     if os.path.isfile(path):
         return M.load(path), 0.0
     os.makedirs(out, exist_ok=True)
@@ -371,11 +377,42 @@ class Scorer:
                 for m in self.measures}
 
 
+GRID_ROWS = ("clean", "cloaked", "reference")  # the mimics a grid shows, under the artist's and the target's crops
+GRID_LABELS = {"artist": "the artist", "target": "the target", "clean": "mimic of clean",
+               "cloaked": "mimic of cloaked", "reference": "mimic of PGD"}
+
+
+def save_grid(rows: dict, path: str, per_row: int = 8) -> None:
+    """A labelled JPEG of ``per_row`` 64² crops per row (``rows``: label -> pixels ``[N, 3, h, w]``), each crop
+    shown at 2x (nearest), for docs/: what each mimic draws beside what it was meant to learn."""
+    from PIL import Image, ImageDraw
+    scale, label_w = 2, 150
+    h, w = next(iter(rows.values())).shape[-2:]
+    grid = Image.new("RGB", (label_w + per_row * w * scale, len(rows) * h * scale), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for r, (label, pics) in enumerate(rows.items()):
+        draw.text((6, r * h * scale + h * scale // 2 - 6), GRID_LABELS.get(label, label), fill=(0, 0, 0))
+        for c in range(min(per_row, pics.shape[0])):
+            tile = (pics[c].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            grid.paste(Image.fromarray(tile).resize((w * scale, h * scale), Image.NEAREST),
+                       (label_w + c * w * scale, r * h * scale))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    grid.save(path, quality=85)
+
+
+def spread(crops: torch.Tensor, count: int = 8) -> torch.Tensor:
+    """``count`` crops evenly spaced through a set (its pictures in order), not the first picture's only."""
+    return crops[torch.linspace(0, crops.shape[0] - 1, count).round().long()]
+
+
 def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, resize=False, quick=False,
-                  sources=SOURCES, only=None, guidance=None, samples=SAMPLES, ddim=DDIM, classifier=True):
+                  sources=SOURCES, only=None, guidance=None, samples=SAMPLES, ddim=DDIM, classifier=True,
+                  grids=None):
     """Train on the clean, cloaked, reference, noise and target sets, and on the scraped cloaked sets (same seed,
     same data order); print where each model's samples lie between the artist and the target, its fit to its own
-    training set, and the perfect-mimic share (D(E(x')) of the set itself, no training)."""
+    training set, and the perfect-mimic share (D(E(x')) of the set itself, no training). ``grids``: a folder where
+    each artist's grid (:func:`save_grid`) is written as ``mimicry_<artist>.jpg``: 8 of its crops, 8 of the
+    target's, and 8 samples of the first seed's clean, cloaked and reference mimics."""
     member = taef2_with_decoder()
     enc = E.as_ensemble(member)
     judge = StyleJudge(E)
@@ -426,6 +463,8 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
         print(f"{'set':18} {'seed':>4} " + " ".join(f"{m + ' mimic':>14} {m + ' trained':>14} {m + ' fit':>10} "
                                                      f"{'floor':>6}" for m in ms) + "  train s", flush=True)
         shares = {}
+        shown = {"artist": spread(M.crops(pictures["clean"], M.MIMIC_CROP, M.MIMIC_CROP // 2)),
+                 "target": spread(M.crops(pictures["target"], M.MIMIC_CROP, M.MIMIC_CROP // 2))}
         # the comparison first (clean, cloaked, reference), then the seed spread, then the scraper's rows, then the
         # controls: a run cut short still has the figures that matter most (every model is cached as it finishes)
         first = [k for k in ("clean", "cloaked", "reference", "reference_hp", *extra) if k in latents]
@@ -445,11 +484,17 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
             mimic, share, fit = scorer.share(own), scorer.share(got), scorer.fit(got, own)
             floor = scorer.floor(own, samples)
             shares[(label, seed)] = share
+            if seed == seeds[0] and label in GRID_ROWS:
+                shown[label] = out[:8]
             ok = all(v <= 0.25 for v in fit.values())
             print(f"{label:18} {seed:>4} " + " ".join(f"{mimic[m]:14.3f} {share[m]:14.3f} {fit[m]:10.3f} "
                                                      f"{floor[m]:6.3f}" for m in ms)
                   + f"  {sec:7.0f}{'' if ok else '  FIT FAILS'}", flush=True)
         summary.append((name, ms, shares))
+        if grids:
+            path = os.path.join(grids, f"mimicry_{name}.jpg")
+            save_grid(shown, path)
+            print(f"{name}: grid of the crops and the mimics' samples (seed {seeds[0]}) -> {path}", flush=True)
     print_summary(summary, seeds)
 
 
@@ -503,6 +548,8 @@ def main():
     ap.add_argument("--sampler-steps", type=int, default=DDIM, help="ancestral DDIM steps when sampling (flat colour "
                     "fits with 100 steps and autoguidance 1.5 where 40 steps at 1.0 miss the pixel fit); only samples again")
     ap.add_argument("--quick", action="store_true", help="4 sources, 16 samples (a smoke run, not a figure)")
+    ap.add_argument("--grids", default="", help="a folder (e.g. docs) for each artist's picture grid, "
+                    "mimicry_<artist>.jpg: its crops, the target's, and samples of the clean, cloaked and PGD mimics")
     ap.add_argument("--no-classifier", action="store_true", help="leave out the pixel classifier judge "
                     "(bench/classifier_judge.py: trained per artist, ~1 min)")
     args = ap.parse_args()
@@ -512,7 +559,7 @@ def main():
     section_shift(E, M, args.artists.split(","), args.steps, [int(s) for s in args.seeds.split(",")],
                   args.seed_sets.split(","), args.purifier_strength, args.resize, args.quick,
                   args.sources, [k for k in args.sets.split(",") if k], args.guidance, args.samples, args.sampler_steps,
-                  not args.no_classifier)
+                  not args.no_classifier, args.grids or None)
 
 
 if __name__ == "__main__":
