@@ -486,15 +486,15 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
             shares[(label, seed)] = share
             if seed == seeds[0] and label in GRID_ROWS:
                 shown[label] = out[:8]
+                if grids and all(k in shown for k in GRID_ROWS):  # written as soon as it is whole (runs get cut)
+                    path = os.path.join(grids, f"mimicry_{name}.jpg")
+                    save_grid(shown, path)
+                    print(f"{name}: grid of the crops and the mimics' samples (seed {seeds[0]}) -> {path}", flush=True)
             ok = all(v <= 0.25 for v in fit.values())
             print(f"{label:18} {seed:>4} " + " ".join(f"{mimic[m]:14.3f} {share[m]:14.3f} {fit[m]:10.3f} "
                                                      f"{floor[m]:6.3f}" for m in ms)
                   + f"  {sec:7.0f}{'' if ok else '  FIT FAILS'}", flush=True)
         summary.append((name, ms, shares))
-        if grids:
-            path = os.path.join(grids, f"mimicry_{name}.jpg")
-            save_grid(shown, path)
-            print(f"{name}: grid of the crops and the mimics' samples (seed {seeds[0]}) -> {path}", flush=True)
     print_summary(summary, seeds)
 
 
