@@ -161,8 +161,9 @@ def trained(M, latents: torch.Tensor, settings, config, tag: str, labels: torch.
     data = latents.numpy().tobytes() + (b"" if labels is None else labels.numpy().tobytes())
     key = hashlib.sha1(data + repr((settings, config)).encode()).hexdigest()[:16]
     path = os.path.join(out, f"{tag}-{key}.safetensors")
-    if not os.path.isfile(path):  # the same data, seed and settings trained under another set's name (a screened
-        path = next(iter(sorted(glob.glob(os.path.join(out, f"*-{key}.safetensors")))), path)  # variant, now default)
+    if not os.path.isfile(path):
+        # the same data, seed and settings trained under another set's name (a screened variant, now the default)
+        path = next(iter(sorted(glob.glob(os.path.join(out, f"*-{key}.safetensors")))), path)
     if os.path.isfile(path):
         return M.load(path), 0.0
     os.makedirs(out, exist_ok=True)
@@ -400,7 +401,7 @@ def save_grid(rows: dict, path: str, per_row: int = 8) -> None:
     grid.save(path, quality=85)
 
 
-def spread(crops: torch.Tensor, count: int = 8) -> torch.Tensor:
+def evenly_spaced(crops: torch.Tensor, count: int = 8) -> torch.Tensor:
     """``count`` crops evenly spaced through a set (its pictures in order), not the first picture's only."""
     return crops[torch.linspace(0, crops.shape[0] - 1, count).round().long()]
 
@@ -463,8 +464,8 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
         print(f"{'set':18} {'seed':>4} " + " ".join(f"{m + ' mimic':>14} {m + ' trained':>14} {m + ' fit':>10} "
                                                      f"{'floor':>6}" for m in ms) + "  train s", flush=True)
         shares = {}
-        shown = {"artist": spread(M.crops(pictures["clean"], M.MIMIC_CROP, M.MIMIC_CROP // 2)),
-                 "target": spread(M.crops(pictures["target"], M.MIMIC_CROP, M.MIMIC_CROP // 2))}
+        shown = {k: evenly_spaced(M.crops(pictures[p], M.MIMIC_CROP, M.MIMIC_CROP // 2))
+                 for k, p in (("artist", "clean"), ("target", "target"))} if grids else None
         # the comparison first (clean, cloaked, reference), then the seed spread, then the scraper's rows, then the
         # controls: a run cut short still has the figures that matter most (every model is cached as it finishes)
         first = [k for k in ("clean", "cloaked", "reference", "reference_hp", *extra) if k in latents]
@@ -484,9 +485,9 @@ def section_shift(E, M, artists, steps, seeds, seed_sets, purifier_strength, res
             mimic, share, fit = scorer.share(own), scorer.share(got), scorer.fit(got, own)
             floor = scorer.floor(own, samples)
             shares[(label, seed)] = share
-            if seed == seeds[0] and label in GRID_ROWS:
+            if shown is not None and seed == seeds[0] and label in GRID_ROWS:
                 shown[label] = out[:8]
-                if grids and all(k in shown for k in GRID_ROWS):  # written as soon as it is whole (runs get cut)
+                if all(k in shown for k in GRID_ROWS):  # written as soon as it is whole (runs get cut short)
                     path = os.path.join(grids, f"mimicry_{name}.jpg")
                     save_grid(shown, path)
                     print(f"{name}: grid of the crops and the mimics' samples (seed {seeds[0]}) -> {path}", flush=True)
