@@ -217,7 +217,8 @@ class CloakJob:
                 z0, target = member(padded), objective.anchors[k]
             else:
                 return {}
-        return readout(member, z0, self.pad(x_adv), target, self.size) or {}
+        decoded = getattr(objective, "decoded_pictures", {}).get(k)  # calibration's D(z0), D(t): not decoded twice
+        return readout(member, z0, self.pad(x_adv), target, self.size, decoded) or {}
 
     @staticmethod
     def _warm_start(x, objective, budget):

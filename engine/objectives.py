@@ -421,6 +421,11 @@ class DecodedLatentMatch(LatentMatch):
     def calibrate(self, pixels: torch.Tensor, encoder: EncoderEnsemble | None = None) -> None:
         super().calibrate(pixels, encoder)
         self._decoded_targets, self._linear, self._style_targets = {}, {}, {}
+        # member -> (D(z0), D(t)) as decoded here, float32: the report's perfect-mimic readout draws the same two
+        # pictures (engine.perfect_mimic), so it takes them from here instead of decoding them again; kept up to
+        # KEEP_DECODED_PIXELS (beyond, two whole pictures held through the optimisation cost more memory than the
+        # readout's two decodes cost time)
+        self.decoded_pictures = {}
         cols, styles = [], []
         ones = torch.ones(pixels.shape[0], device=self.start.device)
         with torch.no_grad():
@@ -433,6 +438,8 @@ class DecodedLatentMatch(LatentMatch):
                 z = self.original_latents[k]
                 t = self.target_for(k, z, None)
                 dz, dt = decode_in_tiles(dec, z), decode_in_tiles(dec, t)
+                if dz.shape[-2] * dz.shape[-1] <= KEEP_DECODED_PIXELS:
+                    self.decoded_pictures[k] = (dz, dt)
                 cols.append((dz - dt).flatten(1).norm(dim=1).to(self.start.device))
                 if self.style_net(k) is None:
                     styles.append(ones)
@@ -479,6 +486,7 @@ class DecodedLatentMatch(LatentMatch):
 # the layers of a TAESD-family encoder whose statistics make DecodedLatentMatch's style term: the residual blocks
 # ending the full-, half- and quarter-resolution stages of TAESD/TAEF2's encoders (64 channels each)
 STYLE_LAYERS = (1, 5, 9)
+KEEP_DECODED_PIXELS = 2048 * 2048  # see DecodedLatentMatch.calibrate
 # the same three stages of a full-size KL VAE's encoder (SD1.x, SDXL, SD3, FLUX.1, FLUX.2: ComfyUI's
 # comfy.ldm.modules.diffusionmodules.model.Encoder): the last residual block of the full-, half- and
 # quarter-resolution levels (128, 256 and 512 channels in SD's configuration)

@@ -29,18 +29,21 @@ MIN_RELATIVE_GAP = SAME_STYLE
 
 
 def readout(member, original_latent: torch.Tensor, cloaked_padded: torch.Tensor, target_latent: torch.Tensor,
-            size: tuple[int, int]) -> dict | None:
+            size: tuple[int, int], decoded: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict | None:
     """``{"mimic_share", "mimic_to_original", "mimic_to_target"}`` for one image through ``member`` (an ensemble
     member with ``decode``; a tiled view is fine), or None when it has no decoder. Distances are in units of the
-    original-to-target gap; ``mimic_share`` is NaN when the gap is too small to measure."""
+    original-to-target gap; ``mimic_share`` is NaN when the gap is too small to measure. ``decoded``: the pictures
+    ``(D(original_latent), D(target_latent))`` where the caller already has them (calibration decodes both), so
+    only the cloaked latent is decoded here."""
     decode = getattr(member, "decode", None)
     if decode is None:
         return None
     h, w = int(size[0]), int(size[1])
     with torch.no_grad():
         z1 = member(cloaked_padded)
-        pictures = [decode_in_tiles(decode, z.to(z1.device))[..., :h, :w].float().clamp(0, 1).cpu()
-                    for z in (original_latent, z1, target_latent)]
+        known = {} if decoded is None else {0: decoded[0], 2: decoded[1]}
+        pictures = [(known[i] if i in known else decode_in_tiles(decode, z.to(z1.device)))[..., :h, :w].float()
+                    .clamp(0, 1).cpu() for i, z in enumerate((original_latent, z1, target_latent))]
     f0, f1, ft = (pixel_style_features(p)[0] for p in pictures)
     gap = float((f0 - ft).norm())
     if not math.isfinite(gap) or gap <= MIN_RELATIVE_GAP * max(float(f0.norm()), 1e-12):
