@@ -6,7 +6,8 @@ Sections (``--sections``, comma-separated; default all, in this order):
               only) at 512², 1024², 2048², 4096²: seconds per step, fixed seconds per image (calibration,
               targets, the final SSIM/PSNR check and report), peak memory (RSS on CPU), seconds per megapixel
               per step, for the automatic settings (tiles, precision) and, where it fits, the whole image in
-              one pass. A few steps per size (``--steps``); a default cloak's time is fixed + 100 × per step.
+              one pass. A few steps per size (``--scale-steps``); a default (faster) cloak's time is fixed + the
+              preset's steps (engine.cloak.RENDER_QUALITY) × per step: both presets step alike.
   protection  the same development images at ``--sizes`` (default 512,1024) cloaked at intensity default by
               variants of the method, each scored on the *whole* TAEF2 in float32 (no tiles): target gain,
               gain after a real JPEG q75, PSNR, SSIM, seconds; ratios to the full-resolution 100-step float32
@@ -95,7 +96,8 @@ def section_scale(E, models, sizes, steps_at):
     print("\n== scale: seconds per step and per megapixel, peak memory (CPU RSS), intensity default, "
           "robustness on ==")
     print(f"{'model':10} {'size':>6} {'mode':>12} {'prec':>5} {'tiles':>5} {'steps':>5} {'s/step':>8} "
-          f"{'s/MP/step':>9} {'fixed s':>8} {'default min':>11} {'peak GiB':>8}")
+          f"{'s/MP/step':>9} {'fixed s':>8} {'default min':>11} {'faster min':>10} {'peak GiB':>8}")
+    default_steps, faster_steps = E.RENDER_QUALITY["default"], E.RENDER_QUALITY["faster"]
     rows = {}
     for name in models:
         enc = E.as_ensemble(common.tae("taef2") if name == "taef2" else sd_encoder(E))
@@ -112,7 +114,8 @@ def section_scale(E, models, sizes, steps_at):
                 per_step = per_tile * n_tiles
                 rows[(name, size, "auto")] = per_step / (size * size / 1e6)
                 print(f"{name:10} {size:>5}² {'auto (3 tiles)':>12} {'-':>5} {n_tiles:>5} {'-':>5} {per_step:8.1f} "
-                      f"{per_step / (size * size / 1e6):9.2f} {'-':>8} {100 * per_step / 60:11.0f} {peak / 1024:8.2f}"
+                      f"{per_step / (size * size / 1e6):9.2f} {'-':>8} {default_steps * per_step / 60:11.0f} "
+                      f"{faster_steps * per_step / 60:10.0f} {peak / 1024:8.2f}"
                       "   (one step's first 3 tile passes under a JPEG draw, whole-image tensors allocated; "
                       "s/step = s/tile x tiles)", flush=True)
             for mode, kw in modes:
@@ -122,7 +125,8 @@ def section_scale(E, models, sizes, steps_at):
                 rows[(name, size, mode)] = per_step / mp
                 print(f"{name:10} {size:>5}² {mode:>12} {E.precision.resolve(kw['precision'], 'cpu').__repr__()[6:]:>5} "
                       f"{rep['tiles']:>5} {n:>5} {per_step:8.2f} {per_step / mp:9.2f} {fixed:8.1f} "
-                      f"{(fixed + 100 * per_step) / 60:11.1f} {peak / 1024:8.2f}", flush=True)
+                      f"{(fixed + default_steps * per_step) / 60:11.1f} {(fixed + faster_steps * per_step) / 60:10.1f} "
+                      f"{peak / 1024:8.2f}", flush=True)
         if (name, 512, "auto") in rows and (name, 2048, "auto") in rows:
             print(f"{name}: s/MP per step at 2048² / at 512² (auto) = "
                   f"{rows[(name, 2048, 'auto')] / rows[(name, 512, 'auto')]:.2f}")
@@ -351,6 +355,9 @@ def main():
     ap.add_argument("--sections", default="scale,protection,batch,estimate")
     ap.add_argument("--models", default="taef2,sd-arch")
     ap.add_argument("--scale-sizes", default=",".join(map(str, SCALE_SIZES)))
+    ap.add_argument("--scale-steps", type=int, default=0, help="steps run per size in the scale section (0: 4 up to "
+                    "1024², 3 at 2048², 2 at 4096²); 7 holds two refreshes of the decoded term in its 6 timed intervals, "
+                    "as a preset's steps do (one pass in 3)")
     ap.add_argument("--sizes", default="512,1024")
     ap.add_argument("--variants", default="full,tiled,auto,fast")
     ap.add_argument("--kinds", default=",".join(kinds_for(0)))
@@ -371,7 +378,8 @@ def main():
     sections = args.sections.split(",")
     if "scale" in sections:
         section_scale(E, args.models.split(","), [int(v) for v in args.scale_sizes.split(",")],
-                      lambda size: 4 if size <= 1024 else (3 if size == 2048 else 2))
+                      (lambda size: args.scale_steps) if args.scale_steps else
+                      (lambda size: 4 if size <= 1024 else (3 if size == 2048 else 2)))
     if "protection" in sections:
         section_protection(E, [int(v) for v in args.sizes.split(",")], args.variants.split(","),
                            args.kinds.split(","), args.steps)
