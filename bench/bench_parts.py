@@ -66,7 +66,7 @@ def main():
 
     def haarpsi():
         y = x.clone().requires_grad_(True)
-        E.metrics.haarpsi(x, (y + 0.01).clamp(0, 1)).sum().backward()
+        E.metrics.haarpsi(x, (y + 0.01).clamp(0, 1), subsample=False).sum().backward()
 
     kinds = [("fp32", contextlib.nullcontext)]
     if P.cpu_has_fast_bf16():
