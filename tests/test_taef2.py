@@ -284,3 +284,24 @@ def test_the_poison_report_warns_when_a_poison_would_teach_nothing_and_not_when_
     assert reports["far"].startswith("WARNING") and "would teach a model trained through this encoder nothing" \
         in reports["far"].split("\n")[0], reports["far"]
     assert "perfect mimic" in reports["near"] and "would teach" not in reports["near"], reports["near"]
+
+
+def test_taef2_style_statistics_in_tiles_are_the_whole_pictures():
+    """Calibration takes a big picture's style statistics (means and Gram matrices of TAEF2's first layers) in tiles
+    with a margin of context: the figures equal one pass over the whole picture (the margin covers the layers'
+    field; no normalisation there), where one pass over a 2048² picture took minutes."""
+    need(TAEF2_ENC, TAEF2_DEC)
+    from engine.encoders import EncoderEnsemble
+    from engine.objectives import DecodedLatentMatch
+    member = tae_encoder(TAEF2_ENC, "cpu")
+    enc = EncoderEnsemble([member])
+    x = photo("astronaut", 320)
+    with torch.no_grad():
+        obj = DecodedLatentMatch(enc, [member(photo("coffee", 320))], 0.5, style=0.25)
+        whole = obj.style_stats(0, x)
+        tiled = obj.style_stats_whole(0, x, tile=128, margin=64)  # 9 tiles, the last ones cut by the border
+        narrow = obj.style_stats_whole(0, x, tile=128, margin=0)  # no context: the check can fail
+    assert len(tiled) == len(whole) == 6
+    for a, b in zip(tiled, whole):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max())), float((a - b).abs().max())
+    assert max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(narrow, whole)) > 1e-3
