@@ -125,6 +125,12 @@ def main():
     M = BM._engine("miniature")
     A = BM._engine("attacks")
     member = BM.taef2_with_decoder("the screen")
+    if "warm_start" in args.variants:  # a variant with warm_start=1 starts from the net scripts/train_warmstart.py wrote
+        from importlib import import_module
+        W = import_module(E.__name__ + ".warmstart")
+        member.warm_start = W.for_encoder(member.name, os.path.join(common.ROOT, "models", "warmstart"))
+        if member.warm_start is None:
+            raise SystemExit(f"no warm start for {member.name} in models/warmstart: run scripts/train_warmstart.py")
     enc = E.as_ensemble(member)
     judge = BM.StyleJudge(E)
     names = args.variants.split(",")

@@ -204,7 +204,7 @@ def main():
             done = max(done, (time.perf_counter() - start) / (60 * args.minutes))
         for g in opt.param_groups:
             g["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
-        run.append(float(loss))
+        run.append(float(loss.detach()))
         if (step + 1) % 25 == 0:
             print(f"step {step + 1}: {args.objective} loss left {sum(run[-25:]) / 25:.4f} "
                   f"(gain {1 - math.sqrt(sum(run[-25:]) / 25):.3f}), {time.perf_counter() - start:.0f} s", flush=True)
