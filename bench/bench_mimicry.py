@@ -509,8 +509,10 @@ def print_summary(summary, seeds):
         for m in ms:
             shift = {}
             for label in labels:
-                d = [shares[(label, s)][m] - shares[("clean", s)][m] for s in seeds if (label, s) in shares]
-                shift[label] = sum(d) / len(d)
+                d = [shares[(label, s)][m] - shares[("clean", s)][m] for s in seeds
+                     if (label, s) in shares and ("clean", s) in shares]
+                if d:  # a set trained without its seed's clean model in this run has no shift to print
+                    shift[label] = sum(d) / len(d)
             spread = max([abs(shares[(k, a)][m] - shares[(k, b)][m]) for k in ("clean", "cloaked") for a in seeds
                           for b in seeds if (k, a) in shares and (k, b) in shares] or [float("nan")])
             ref = shift.get("reference", 0.0)
@@ -520,7 +522,7 @@ def print_summary(summary, seeds):
             if "cloaked+purified" in shift and "clean+purified" in shift:
                 kept = f"; kept through the purifier (cloaked+purified - clean+purified) " \
                        f"{shift['cloaked+purified'] - shift['clean+purified']:+.3f}"
-            print(f"{name:9} {m:8} clean share {sum(clean) / len(clean):.3f}; "
+            print(f"{name:9} {m:8} clean share {sum(clean) / len(clean) if clean else float('nan'):.3f}; "
                   + ", ".join(f"{k} {v:+.3f}" for k, v in shift.items() if k != "clean")
                   + f"; seed spread {spread:.3f}; cloaked/reference {ratio:.2f}{kept}", flush=True)
 
