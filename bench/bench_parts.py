@@ -54,15 +54,7 @@ def main():
         member.decode(z0.clone().requires_grad_(True)).square().mean().backward()
 
     def style_term():
-        h, total = x.clone().requires_grad_(True), 0.0
-        for i, layer in enumerate(style):
-            h = layer(h)
-            if i in style.taps:
-                st = O.latent_stats_per_image(h)
-                total = total + st["gram"].square().sum() + st["mean"].square().sum()
-            if i >= max(style.taps):
-                break
-        total.backward()
+        sum(v.square().sum() for v in O.style_stats_of(style, x.clone().requires_grad_(True))).backward()
 
     def haarpsi():
         y = x.clone().requires_grad_(True)

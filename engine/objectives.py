@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .encoders import EncoderEnsemble
-from .tiling import no_grad_tiles
+from .tiling import no_grad_tiles, plan_tiles
 
 Warp = Callable[[torch.Tensor], torch.Tensor]
 
@@ -353,18 +353,7 @@ class DecodedLatentMatch(LatentMatch):
     def style_stats(self, k: int, pixels: torch.Tensor, core=None) -> list[torch.Tensor]:
         """Per image, channel means and centred Gram matrices of member ``k``'s style layers on ``pixels`` (0..1);
         ``core`` (rows, columns) in pixels: the statistics of that window of each layer only."""
-        net, out, h = self.style_net(k), [], pixels.to(dtype=next(self.style_net(k).parameters()).dtype)
-        for i, layer in enumerate(net):
-            h = layer(h)
-            if i in net.taps:
-                f = h
-                if core is not None:
-                    sc = pixels.shape[-2] // h.shape[-2]
-                    f = f[..., core[0].start // sc:core[0].stop // sc, core[1].start // sc:core[1].stop // sc]
-                st = latent_stats_per_image(f)
-                out += [st["mean"], st["gram"].flatten(1)]
-            if i >= max(net.taps):
-                return out
+        return style_stats_of(self.style_net(k), pixels, core)
 
     def style_stats_whole(self, k: int, pixels: torch.Tensor, tile: int | None = None,
                           margin: int | None = None) -> list[torch.Tensor]:
@@ -380,27 +369,18 @@ class DecodedLatentMatch(LatentMatch):
         if h * w <= (tile + 2 * margin) ** 2:
             with torch.no_grad():
                 return self.style_stats(k, pixels)
-        net = self.style_net(k)
-        dtype = next(net.parameters()).dtype
         sums: dict = {}
         with torch.no_grad():
-            for y0 in range(0, h, tile):
-                for x0 in range(0, w, tile):
-                    y1, x1 = min(h, y0 + tile), min(w, x0 + tile)
-                    cy0, cx0, cy1, cx1 = max(0, y0 - margin), max(0, x0 - margin), min(h, y1 + margin), min(w, x1 + margin)
-                    hh = pixels[..., cy0:cy1, cx0:cx1].to(dtype=dtype)
-                    for i, layer in enumerate(net):
-                        hh = layer(hh)
-                        if i in net.taps:
-                            sc = (cy1 - cy0) // hh.shape[-2]
-                            f = hh[..., (y0 - cy0) // sc:(y1 - cy0) // sc, (x0 - cx0) // sc:(x1 - cx0) // sc]
-                            f = f.reshape(f.shape[0], f.shape[1], -1).float()
-                            got = sums.setdefault(i, [0.0, 0.0, 0])
-                            got[0] = got[0] + f.sum(-1).double()
-                            got[1] = got[1] + (f @ f.transpose(1, 2)).double()
-                            got[2] += f.shape[-1]
-                        if i >= max(net.taps):
-                            break
+            for tl in plan_tiles(h, w, tile, margin, 1):
+                crop = pixels[..., tl.cy0:tl.cy1, tl.cx0:tl.cx1]
+                for i, f in enumerate(style_taps(self.style_net(k), crop)):
+                    sc = (tl.cy1 - tl.cy0) // f.shape[-2]
+                    f = f[..., (tl.y0 - tl.cy0) // sc:(tl.y1 - tl.cy0) // sc, (tl.x0 - tl.cx0) // sc:(tl.x1 - tl.cx0) // sc]
+                    f = f.reshape(f.shape[0], f.shape[1], -1).float()
+                    got = sums.setdefault(i, [0.0, 0.0, 0])
+                    got[0] = got[0] + f.sum(-1).double()
+                    got[1] = got[1] + (f @ f.transpose(1, 2)).double()
+                    got[2] += f.shape[-1]
         out = []
         for i in sorted(sums):
             total, outer, n = sums[i]
@@ -432,7 +412,7 @@ class DecodedLatentMatch(LatentMatch):
                 return out
             mine = self.style_stats(k, dz, pix)
             theirs = self.style_target(k, decode, dt, zz, where, pix)
-            return out + c_sty * sum((a.float() - b.float()).pow(2).sum(1) for a, b in zip(mine, theirs))
+            return out + c_sty * style_distance(mine, theirs)
 
         if where is None or self.every == 1:
             return exact(z)
@@ -487,8 +467,7 @@ class DecodedLatentMatch(LatentMatch):
                 if self.style_net(k) is None:
                     styles.append(ones)
                     continue
-                sty = sum((a - b).pow(2).sum(1) for a, b in zip(self.style_stats_whole(k, dz),
-                                                                   self.style_stats_whole(k, dt)))
+                sty = style_distance(self.style_stats_whole(k, dz), self.style_stats_whole(k, dt))
                 styles.append(sty.sqrt().to(self.start.device))
         self._decoded_start = torch.stack(cols, 1).clamp_min(1e-8)
         self._style_start = torch.stack(styles, 1).clamp_min(1e-8)
@@ -578,6 +557,36 @@ def _ldm_style_stack(net) -> torch.nn.Sequential | None:
     stack = torch.nn.Sequential(*layers)
     stack.taps = tuple(taps)
     return stack
+
+
+def style_taps(net, pixels: torch.Tensor):
+    """The outputs of a :func:`style_stack`'s style layers (its ``taps``) on ``pixels``, shallowest first; the
+    layers past the deepest tap are not run."""
+    h = pixels.to(dtype=next(net.parameters()).dtype)
+    for i, layer in enumerate(net):
+        h = layer(h)
+        if i in net.taps:
+            yield h
+        if i >= max(net.taps):
+            return
+
+
+def style_stats_of(net, pixels: torch.Tensor, core=None) -> list[torch.Tensor]:
+    """Per image, channel means and centred Gram matrices (flattened) of each style layer of ``net`` (a
+    :func:`style_stack`) on ``pixels``; ``core`` (rows, columns) in pixels: that window of each layer only."""
+    out = []
+    for f in style_taps(net, pixels):
+        if core is not None:
+            sc = pixels.shape[-2] // f.shape[-2]
+            f = f[..., core[0].start // sc:core[0].stop // sc, core[1].start // sc:core[1].stop // sc]
+        st = latent_stats_per_image(f)
+        out += [st["mean"], st["gram"].flatten(1)]
+    return out
+
+
+def style_distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """``[B]``: the squared distance between two :func:`style_stats_of` results, summed over their statistics."""
+    return sum((u.float() - v.float()).pow(2).sum(1) for u, v in zip(a, b))
 
 
 def latent_stats_per_image(f: torch.Tensor) -> dict:

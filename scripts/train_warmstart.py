@@ -157,19 +157,6 @@ def main():
     if decoded and member.decode is None:
         sys.exit(f"--objective decoded needs {args.encoder}'s decoder beside its encoder")
     style = O.style_stack(member.module) if decoded else None
-
-    def style_stats(pix):
-        h, out = pix, []
-        for i, layer in enumerate(style):
-            h = layer(h)
-            if i in style.taps:
-                st = O.latent_stats_per_image(h)
-                out += [st["mean"], st["gram"].flatten(1)]
-            if i >= max(style.taps):
-                return out
-
-    def style_dist(a, b):
-        return sum((u.float() - v.float()).pow(2).sum(1) for u, v in zip(a, b))
     start, run = time.perf_counter(), []
     for step in range(args.steps):
         x = crops(x_pool, args.batch, args.crop, gen)
@@ -180,9 +167,9 @@ def main():
             z, t = member(x).float(), member(t_pix).float()
             if decoded:
                 d_z, d_t = member.decode(z).float(), member.decode(t).float()
-                s_t = [v.float() for v in style_stats(d_t)]
+                s_t = [v.float() for v in O.style_stats_of(style, d_t)]
                 dec0 = (d_z - d_t).flatten(1).pow(2).sum(1).clamp_min(1e-8)
-                sty0 = style_dist(style_stats(d_z), s_t).clamp_min(1e-8)
+                sty0 = O.style_distance(O.style_stats_of(style, d_z), s_t).clamp_min(1e-8)
         d0 = (z - t).flatten(1).pow(2).sum(1).clamp_min(1e-8)
         delta = net.start(z, t, budget.caps)
         norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
@@ -193,7 +180,7 @@ def main():
             if decoded:
                 d1 = member.decode(z1).float()
                 loss = (0.25 * lat + 0.5 * (d1 - d_t).flatten(1).pow(2).sum(1) / dec0
-                        + 0.25 * style_dist(style_stats(d1), s_t) / sty0).mean()
+                        + 0.25 * O.style_distance(O.style_stats_of(style, d1), s_t) / sty0).mean()
             else:
                 loss = lat.mean()
         opt.zero_grad()

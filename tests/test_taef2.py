@@ -299,7 +299,7 @@ def test_taef2_style_statistics_in_tiles_are_the_whole_pictures():
     with torch.no_grad():
         obj = DecodedLatentMatch(enc, [member(photo("coffee", 320))], 0.5, style=0.25)
         whole = obj.style_stats(0, x)
-        tiled = obj.style_stats_whole(0, x, tile=128, margin=64)  # 9 tiles, the last ones cut by the border
+        tiled = obj.style_stats_whole(0, x, tile=128, margin=64)  # 9 tiles (engine.tiling.plan_tiles)
         narrow = obj.style_stats_whole(0, x, tile=128, margin=0)  # no context: the check can fail
     assert len(tiled) == len(whole) == 6
     for a, b in zip(tiled, whole):
