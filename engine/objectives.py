@@ -350,10 +350,11 @@ class DecodedLatentMatch(LatentMatch):
             self._style_nets[k] = style_stack(getattr(self.encoder.members[k], "module", None))
         return self._style_nets[k]
 
-    def style_stats(self, k: int, pixels: torch.Tensor, core=None) -> list[torch.Tensor]:
+    def style_stats(self, k: int, pixels: torch.Tensor, core=None, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
         """Per image, channel means and centred Gram matrices of member ``k``'s style layers on ``pixels`` (0..1);
-        ``core`` (rows, columns) in pixels: the statistics of that window of each layer only."""
-        return style_stats_of(self.style_net(k), pixels, core)
+        ``core`` (rows, columns) in pixels: the statistics of that window of each layer only; ``dtype``: the layers'
+        autocast precision (:func:`style_stats_of`)."""
+        return style_stats_of(self.style_net(k), pixels, core, dtype)
 
     def style_stats_whole(self, k: int, pixels: torch.Tensor, tile: int | None = None,
                           margin: int | None = None) -> list[torch.Tensor]:
@@ -390,12 +391,14 @@ class DecodedLatentMatch(LatentMatch):
         return out
 
     def decoded_term(self, k: int, decode, z: torch.Tensor, t: torch.Tensor, where=None,
-                     core: tuple[slice, slice] | None = None, style_scale: float = 1.0) -> torch.Tensor:
+                     core: tuple[slice, slice] | None = None, style_scale: float = 1.0,
+                     dtype: torch.dtype | None = None) -> torch.Tensor:
         """``[B]``: member ``k``'s decoded part of the loss, ``weight |D(z) - D(t)|² / |D(z0) - D(t)|²`` (summed over
         ``core``, latent rows and columns, or everything) plus, with a style term, ``style · style_scale`` times the
         squared style distance over its start; exact or, between refreshes (``every`` > 1, unwarped places only), as
         the last exact pass's value plus its gradient times the change in ``z`` since then (one gradient of the
-        weighted sum: one backward through the decoder a refresh)."""
+        weighted sum: one backward through the decoder a refresh). ``dtype``: the pass's autocast precision (the
+        pass member's ``autocast_dtype``), which the style layers run at too."""
         styled = self.style_net(k) is not None
         c_dec = self.weight / self._decoded_start[:, k].to(z.device) ** 2
         c_sty = self.style * style_scale / self._style_start[:, k].to(z.device) ** 2 if styled else None
@@ -410,8 +413,8 @@ class DecodedLatentMatch(LatentMatch):
             out = c_dec * (diff if pix is None else diff[..., pix[0], pix[1]]).flatten(1).sum(1)
             if not styled:
                 return out
-            mine = self.style_stats(k, dz, pix)
-            theirs = self.style_target(k, decode, dt, zz, where, pix)
+            mine = self.style_stats(k, dz, pix, dtype)
+            theirs = self.style_target(k, decode, dt, zz, where, pix, dtype)
             return out + c_sty * style_distance(mine, theirs)
 
         if where is None or self.every == 1:
@@ -429,16 +432,18 @@ class DecodedLatentMatch(LatentMatch):
         self._linear[key] = (passes + 1, value, grad, z_then)
         return value + (grad * (z - z_then)).flatten(1).sum(1)
 
-    def style_target(self, k: int, decode, dt: torch.Tensor, z: torch.Tensor, where, pix) -> list[torch.Tensor]:
-        """The style statistics of the decoded target ``dt``, kept per place and pass kind like its decode."""
+    def style_target(self, k: int, decode, dt: torch.Tensor, z: torch.Tensor, where, pix,
+                     dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+        """The style statistics of the decoded target ``dt`` (layers at ``dtype``, as the pass's), kept per place and
+        pass kind like its decode."""
         if where is None:
             with torch.no_grad():
-                return self.style_stats(k, dt, pix)
-        key = self._pass_key(k, where, z)
+                return self.style_stats(k, dt, pix, dtype)
+        key = self._pass_key(k, where, z) + (dtype,)
         got = self._style_targets.get(key)
         if got is None:
             with torch.no_grad():
-                got = self._style_targets[key] = self.style_stats(k, dt, pix)
+                got = self._style_targets[key] = self.style_stats(k, dt, pix, dtype)
         return got
 
     def calibrate(self, pixels: torch.Tensor, encoder: EncoderEnsemble | None = None) -> None:
@@ -489,7 +494,8 @@ class DecodedLatentMatch(LatentMatch):
             if dec_fn is None or (self.weight == 0 and self.style_net(k) is None):
                 cols.append(lat)
                 continue
-            decoded = self.decoded_term(k, dec_fn, z, self.target_for(k, z, warp), None if warp else "whole")
+            decoded = self.decoded_term(k, dec_fn, z, self.target_for(k, z, warp), None if warp else "whole",
+                                        dtype=getattr(m, "autocast_dtype", None))
             mixed = self.mix(k, lat ** 2, decoded.clamp_min(0), z.device)
             cols.append((mixed.clamp_min(0) + 1e-12).sqrt() * self.start[:, k].to(z.device))
         return torch.stack(cols, 1)
@@ -502,7 +508,8 @@ class DecodedLatentMatch(LatentMatch):
         if self.style_net(k) is not None:  # a tile's statistics stand for its share of the whole image's
             h, w = self.original_latents[k].shape[-2:]
             area = (core[0].stop - core[0].start) * (core[1].stop - core[1].start) / (h * w)
-        decoded = self.decoded_term(k, member.decode, z, t, where, core, style_scale=area)
+        decoded = self.decoded_term(k, member.decode, z, t, where, core, style_scale=area,
+                                    dtype=getattr(member, "autocast_dtype", None))
         return self.mix(k, term * self.start[:, k].to(z.device) ** 2, decoded, z.device)
 
 
@@ -571,11 +578,19 @@ def style_taps(net, pixels: torch.Tensor):
             return
 
 
-def style_stats_of(net, pixels: torch.Tensor, core=None) -> list[torch.Tensor]:
+def style_stats_of(net, pixels: torch.Tensor, core=None, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
     """Per image, channel means and centred Gram matrices (flattened) of each style layer of ``net`` (a
-    :func:`style_stack`) on ``pixels``; ``core`` (rows, columns) in pixels: that window of each layer only."""
+    :func:`style_stack`) on ``pixels``; ``core`` (rows, columns) in pixels: that window of each layer only.
+    ``dtype`` (bfloat16 / float16): the layers run under autocast to it, as the encoder's passes do (a default
+    cloak's style layers ran float32 beside bf16 passes and took half its time, docs/evidence.md); the statistics
+    stay float32 whatever it is."""
+    if dtype is not None and dtype != torch.float32:
+        with torch.autocast(pixels.device.type, dtype=dtype):
+            taps = list(style_taps(net, pixels))
+    else:
+        taps = style_taps(net, pixels)
     out = []
-    for f in style_taps(net, pixels):
+    for f in taps:
         if core is not None:
             sc = pixels.shape[-2] // f.shape[-2]
             f = f[..., core[0].start // sc:core[0].stop // sc, core[1].start // sc:core[1].stop // sc]

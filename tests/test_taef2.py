@@ -305,3 +305,35 @@ def test_taef2_style_statistics_in_tiles_are_the_whole_pictures():
     for a, b in zip(tiled, whole):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max())), float((a - b).abs().max())
     assert max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(narrow, whole)) > 1e-3
+
+
+def test_the_style_layers_run_at_the_passes_precision_and_keep_float32_statistics():
+    """The decoded style term's layers (TAEF2's first encoder stages on the decoded picture) run under the same
+    autocast as the pass's encoder and decoder (they ran float32 beside bf16 passes: a quarter of a default cloak's
+    time went there), while their means and Gram matrices stay float32 and near the float32 figures."""
+    need(TAEF2_ENC, TAEF2_DEC)
+    from engine.encoders import EncoderEnsemble
+    from engine.objectives import DecodedLatentMatch, style_stats_of
+    from engine.precision import Autocast
+    member = tae_encoder(TAEF2_ENC, "cpu")
+    enc = EncoderEnsemble([member])
+    x, style = photo("astronaut", 96), photo("coffee", 96)
+    obj = DecodedLatentMatch(enc, [member(style).detach()], 0.5, style=0.25)
+    obj.calibrate(x)
+    seen = []
+    first_conv = obj.style_net(0)[0]
+    hook = first_conv.register_forward_pre_hook(
+        lambda mod, inp: seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+    try:
+        fast = EncoderEnsemble([Autocast(member, torch.bfloat16)])
+        obj.loss(x.clone().requires_grad_(True), None, encoder=fast).sum().backward()
+        plain = style_stats_of(obj.style_net(0), x)
+    finally:
+        hook.remove()
+    assert torch.bfloat16 in seen, seen  # the decoded picture's (and the target's) style layers, autocast
+    assert seen[-1] is None  # without a dtype: float32, no autocast
+    with torch.no_grad():
+        low = style_stats_of(obj.style_net(0), x, dtype=torch.bfloat16)
+    for a, b in zip(low, plain):
+        assert a.dtype == torch.float32
+        assert float((a - b.detach()).abs().max()) <= 0.05 * float(b.detach().abs().max()) + 1e-6
