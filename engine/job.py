@@ -174,13 +174,14 @@ class CloakJob:
         if tiles and not objective.tileable:
             logging.info("cloak: %s cannot be tiled; image %d runs whole", type(objective).__name__, i)
             tiles = []
-        # calibration and the report encode tile by tile too; the optimisation's passes are autocast
-        scoring = tiled_view(objective.encoder, self.tile, max(s.margin, REPORT_MARGIN)) if tiles else objective.encoder
+        # calibration and the report encode tile by tile too; every pass, with gradient or without (calibration, the
+        # report), runs at the job's pass precision (autocast to bf16 where the CPU computes it natively)
+        tiled = tiled_view(objective.encoder, self.tile, max(s.margin, REPORT_MARGIN)) if tiles else objective.encoder
+        fast = scoring = EncoderEnsemble(autocast_members(tiled.members, s.precision, x.device), tiled.raw_weights)
         objective.calibrate(padded, encoder=scoring)
         budget = s.make_budget()
         if keep is not None:
             budget = Frozen(budget, keep)
-        fast = EncoderEnsemble(autocast_members(scoring.members, s.precision, x.device), scoring.raw_weights)
         transforms = self.eot
         round_trip = next((m for m in fast.members if m.decode is not None), None)
         if self.roundtrip > 0 and round_trip is not None:

@@ -20,6 +20,8 @@ Pixels are ``[B, 3, H, W]`` in 0..1 with sides a multiple of the encoder's ``mul
 """
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -357,24 +359,28 @@ class DecodedLatentMatch(LatentMatch):
         return style_stats_of(self.style_net(k), pixels, core, dtype)
 
     def style_stats_whole(self, k: int, pixels: torch.Tensor, tile: int | None = None,
-                          margin: int | None = None) -> list[torch.Tensor]:
+                          margin: int | None = None, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
         """:meth:`style_stats` of a whole picture without gradients, in tiles of ``tile`` px (+ ``margin`` of context
         each way) where it is bigger: each tile's core adds its feature sums and uncentred Gram sums (float64), and
         the mean and centred Gram come from the totals, so the figures are the whole picture's (the style layers
         have no normalisation, and the margin covers their receptive field) at a tile's memory (a default cloak of
         a 2048² picture through TAEF2 peaked at 2.76 GiB RSS against 3.35 GiB with one whole-image pass). Exact
         for the TAE family; a full KL VAE's style layers hold GroupNorms, which normalise each tile by its own
-        statistics there (this only sets the style term's unit, its start distance)."""
+        statistics there (this only sets the style term's unit, its start distance). ``dtype``: the layers' autocast
+        precision, as :func:`style_stats_of`'s."""
         tile, margin = tile or STYLE_TILE, STYLE_MARGIN if margin is None else margin
         h, w = pixels.shape[-2:]
         if h * w <= (tile + 2 * margin) ** 2:
             with torch.no_grad():
-                return self.style_stats(k, pixels)
+                return self.style_stats(k, pixels, None, dtype)
         sums: dict = {}
+        low = dtype is not None and dtype != torch.float32
         with torch.no_grad():
             for tl in plan_tiles(h, w, tile, margin, 1):
                 crop = pixels[..., tl.cy0:tl.cy1, tl.cx0:tl.cx1]
-                for i, f in enumerate(style_taps(self.style_net(k), crop)):
+                with torch.autocast(pixels.device.type, dtype=dtype) if low else contextlib.nullcontext():
+                    taps = list(style_taps(self.style_net(k), crop))
+                for i, f in enumerate(taps):
                     sc = (tl.cy1 - tl.cy0) // f.shape[-2]
                     f = f[..., (tl.y0 - tl.cy0) // sc:(tl.y1 - tl.cy0) // sc, (tl.x0 - tl.cx0) // sc:(tl.x1 - tl.cx0) // sc]
                     f = f.reshape(f.shape[0], f.shape[1], -1).float()
@@ -458,7 +464,7 @@ class DecodedLatentMatch(LatentMatch):
         ones = torch.ones(pixels.shape[0], device=self.start.device)
         with torch.no_grad():
             for k, m in enumerate((encoder or self.encoder).members):
-                dec = self.encoder.members[k].decode
+                dec = m.decode  # at the passes' precision where ``encoder`` is the job's (engine.precision.Autocast)
                 if dec is None:
                     cols.append(ones)
                     styles.append(ones)
@@ -472,7 +478,8 @@ class DecodedLatentMatch(LatentMatch):
                 if self.style_net(k) is None:
                     styles.append(ones)
                     continue
-                sty = style_distance(self.style_stats_whole(k, dz), self.style_stats_whole(k, dt))
+                dtype = getattr(m, "autocast_dtype", None)
+                sty = style_distance(self.style_stats_whole(k, dz, dtype=dtype), self.style_stats_whole(k, dt, dtype=dtype))
                 styles.append(sty.sqrt().to(self.start.device))
         self._decoded_start = torch.stack(cols, 1).clamp_min(1e-8)
         self._style_start = torch.stack(styles, 1).clamp_min(1e-8)

@@ -428,3 +428,29 @@ def test_the_estimate_counts_the_decoder_on_one_pass_in_decoded_every(monkeypatc
     assert every[4].seconds == pytest.approx(plain.seconds * 1.5, rel=1e-6)  # 1 + (3 - 1) / 4 in probe units
     assert every[1].seconds == pytest.approx(plain.seconds * 3, rel=1e-6)
     assert every[4].peak_bytes == every[1].peak_bytes > plain.peak_bytes
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_calibration_and_the_report_decode_at_the_passes_precision(precision):
+    """Calibration's decodes (start distances, the decoded pictures the report reuses) and the report's readout run
+    at the job's pass precision, as the optimisation's passes do (at 2048² these no-grad passes were most of a
+    cloak's fixed time in float32); ``pass_precision`` fp32 keeps every pass float32."""
+    import dataclasses as dc
+    dec, seen = local_decoder(), []
+
+    def decode(z):
+        seen.append((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu")))
+        return dec(z)
+    member = dc.replace(local_encoder().members[0], decode=decode)
+    enc = E.EncoderEnsemble([member])
+    g = torch.Generator().manual_seed(4)
+    x, style = torch.rand(1, 3, 64, 64, generator=g), torch.rand(1, 3, 64, 64, generator=g)
+    s = dc.replace(E.settings_for("default", "default", "off"), steps=2, precision=precision)
+    pad = E.padder(64, 64, enc.multiple)
+    target = E.make_style_target(enc, style, "per_image", pad)
+    res = E.cloak_images(x, enc, lambda i, p: E.objective_for_target(enc, target, i, E.latent_sizes(enc, p)), s)
+    no_grad = [dtype for grad, dtype in seen if not grad]
+    assert len(no_grad) >= 3 and any(grad for grad, _ in seen)  # calibration's two decodes, the readout's one
+    want = torch.bfloat16 if precision == "bf16" else False
+    assert all(dtype == want for _, dtype in seen), seen
+    assert 0 <= res.reports[0]["mimic_share"] <= 1 or res.reports[0]["mimic_share"] != res.reports[0]["mimic_share"]
