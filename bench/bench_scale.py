@@ -92,7 +92,7 @@ def timed_cloak(E, enc, x, t, s):
     return total, per_step, total - per_step * steps, mem.peak_mib, res.reports[0]
 
 
-def section_scale(E, models, sizes, steps_at):
+def section_scale(E, models, sizes, steps_at, only_auto=False):
     print("\n== scale: seconds per step and per megapixel, peak memory (CPU RSS), intensity default, "
           "robustness on ==")
     print(f"{'model':10} {'size':>6} {'mode':>12} {'prec':>5} {'tiles':>5} {'steps':>5} {'s/step':>8} "
@@ -104,9 +104,9 @@ def section_scale(E, models, sizes, steps_at):
         for size in sizes:
             x, t = images_at(size, ("photo_astronaut",))
             modes = [("auto", dict(precision="auto"))]
-            if size <= 2048 and name == "taef2":
+            if size <= 2048 and name == "taef2" and not only_auto:
                 modes.append(("whole", dict(precision="auto", tile=-1)))
-            if size == 512 and name == "taef2":
+            if size == 512 and name == "taef2" and not only_auto:
                 modes.append(("whole fp32", dict(precision="fp32", tile=-1)))
             if name == "sd-arch" and size >= 1024:
                 modes = []
@@ -358,6 +358,8 @@ def main():
     ap.add_argument("--scale-steps", type=int, default=0, help="steps run per size in the scale section (0: 4 up to "
                     "1024², 3 at 2048², 2 at 4096²); 7 holds two refreshes of the decoded term in its 6 timed intervals, "
                     "as a preset's steps do (one pass in 3)")
+    ap.add_argument("--scale-auto-only", action="store_true", help="the scale section's automatic row alone (no whole-image "
+                    "or fp32 comparison rows: half the time at 2048²)")
     ap.add_argument("--sizes", default="512,1024")
     ap.add_argument("--variants", default="full,tiled,auto,fast")
     ap.add_argument("--kinds", default=",".join(kinds_for(0)))
@@ -379,7 +381,7 @@ def main():
     if "scale" in sections:
         section_scale(E, args.models.split(","), [int(v) for v in args.scale_sizes.split(",")],
                       (lambda size: args.scale_steps) if args.scale_steps else
-                      (lambda size: 4 if size <= 1024 else (3 if size == 2048 else 2)))
+                      (lambda size: 4 if size <= 1024 else (3 if size == 2048 else 2)), args.scale_auto_only)
     if "protection" in sections:
         section_protection(E, [int(v) for v in args.sizes.split(",")], args.variants.split(","),
                            args.kinds.split(","), args.steps)

@@ -122,8 +122,12 @@ INTENSITY = {
 # refreshed every 3rd pass, three times the plain step size. Judged by the same trained mimics it kept 0.88x / 0.91x
 # (line art) and 0.84x / 0.90x (painting) of the 100-step default's shift, 0.94x / 0.96x and 0.75x / 0.92x of the
 # new default's (pixel / TAESANA), at about half the new default's passes. slowest stays 300 plain steps, the
-# strongest the pack knows.
-RENDER_QUALITY = {"faster": 15, "default": 30, "slowest": 300}
+# strongest the pack knows. default 30 -> 24 steps (2026-12-08, issue 37): the same schedule cut short; on the
+# 4-artist perfect-mimic screen 0.97x / 0.98x of the 30-step shift (pixel / TAESANA); by trained mimics
+# (illustration, 2 seeds; painting, 1 seed; docs/evidence.md "A default in 30 s") 1.16x / 1.28x (pixel) and
+# 1.05x / 1.08x (TAESANA), but 0.68x / 1.11x in the pixel classifier's judge (its seed spread 0.035); in 0.84x the
+# time (29.0 s against 34.5 s at 512² on 2 cores with native bf16).
+RENDER_QUALITY = {"faster": 15, "default": 24, "slowest": 300}
 QUALITY_SCHEDULE = {"faster": dict(decoded_every=3, lr=0.75), "default": dict(decoded_every=3, lr=0.5)}
 # The concept poison's steps: its fast schedules are not judged (its own bench shows no B to keep), so it keeps plain
 # steps at the plain step size: 50 / 100 / 300.

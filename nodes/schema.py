@@ -27,15 +27,16 @@ def cloak_inputs() -> list:
                                "GlazePerturb, a tenth for NightshadePoison). "
                                "custom: at most custom_budget/255 per pixel, no PSNR/SSIM floor."),
         io.Combo.Input("render_quality", options=list(RENDER_QUALITY), default="default",
-                       tooltip="How long to compute: faster = 15, default = 30, slowest = 300 optimisation steps "
+                       tooltip="How long to compute: faster = 15, default = 24, slowest = 300 optimisation steps "
                                "per image (NightshadePoison: 50 / 100 / 300). GlazePerturb's faster and default step "
                                "three and two times as far and, with the decoded objective, decode on one step in 3. "
-                               "faster (since 2026-12-07; was 25 steps) takes about half the default's time and kept "
-                               "0.84-0.91x of the old default's shift on TAEF2 (line art, painting). default (since "
-                               "2026-12-07; was 100 plain steps) takes about a fifth of the old default's time; on TAEF2 "
-                               "models trained on cloaked line art and painting moved toward the target 0.93-1.12x "
-                               "as far as after the old default. slowest: 300 plain steps, the strongest cloak the "
-                               "pack knows."),
+                               "faster (since 2026-12-07; was 25 steps) takes about 0.6x the default's time. default "
+                               "(24 steps since 2026-12-08; 30 since 2026-12-07; 100 plain steps before) takes about 29 s "
+                               "for a 512² picture through TAEF2 on 2 CPU cores with native bf16; models trained on "
+                               "cloaked illustration and painting moved toward the target 1.05-1.28x as far as after "
+                               "the 30-step default in the pixel and TAESANA judges (0.68-1.11x in a pixel "
+                               "classifier's). slowest: 300 plain steps, the strongest "
+                               "cloak the pack knows."),
         io.Combo.Input("robustness", options=list(ROBUSTNESS_LEVELS), default="on",
                        tooltip="Optimise in expectation over JPEG, resizing, blur, noise and crops so the cloak "
                                "survives them. strong: harsher transforms, twice the compute. off: fastest, "

@@ -72,9 +72,9 @@ def test_a_trained_warm_start_file_round_trips_and_is_found_by_encoder_name(tmp_
 
 def test_render_quality_faster_is_the_fast_path_for_the_cloak_and_keeps_its_old_meaning_for_the_poison():
     """faster (2026-12-07): the style cloak runs 15 steps at three times the step size with the decoded term refreshed
-    every 3rd pass; default (2026-12-07): 30 steps at twice the step size, refreshed every 3rd pass; the poison, not
+    every 3rd pass; default (2026-12-08): 24 steps at twice the step size, refreshed every 3rd pass; the poison, not
     measured on those paths, keeps 50 / 100 plain steps; slowest is 300 plain steps for both."""
-    for quality, kind, want in (("faster", "glaze", (15, 0.75, 3)), ("default", "glaze", (30, 0.5, 3)),
+    for quality, kind, want in (("faster", "glaze", (15, 0.75, 3)), ("default", "glaze", (24, 0.5, 3)),
                                 ("faster", "nightshade", (50, 0.25, 1)), ("default", "nightshade", (100, 0.25, 1)),
                                 ("slowest", "glaze", (300, 0.25, 1)), ("slowest", "nightshade", (300, 0.25, 1))):
         s = E.settings_for("default", quality, "on", kind=kind)
