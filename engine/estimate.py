@@ -38,6 +38,10 @@ OVERHEAD = 1.3           # the transforms' and the optimiser's own tensors, allo
 STEP_WORK_PASSES = 0.25
 FIXED_STEPS = 2          # calibration, the report and the floors, in steps' worth of passes
 PIXEL_STATE_BYTES = 96   # per pixel: x, δ, momentum, caps, the padded view and the 8-bit copy (float32)
+# per pixel, what the visibility term at full resolution (1 - HaarPSI of the whole image, forward and backward) holds
+# on top: piq's HaarPSI of a 2048² / 4096² picture peaked 1.72 / 6.40 GiB over the picture alone (441 / 411 B a pixel,
+# 2026-12-08): at 4096² the largest part of a default cloak's 8.61 GiB peak, so the estimate counts it
+FULL_VISIBILITY_BYTES = 440
 # per pixel of every image of the batch, held for the whole job: the engine's copy of the input, the cloaked
 # copy, ComfyUI's output IMAGE and the perturbation preview (float32, 3-4 channels each)
 BATCH_BYTES_PER_PIXEL = 60
@@ -110,10 +114,17 @@ class Passes:
     margin: int = 0
     eot: bool = True  # transforms are drawn (robustness on/strong); False: robustness off
     roundtrip: float = 0.0  # share of the draws that are a round trip through the encoder's decoder (one pass more)
+    full_visibility: bool = False  # the loss charges 1 - HaarPSI of the whole image every step (FULL_VISIBILITY_BYTES)
 
     @property
     def per_step(self) -> int:
         return max(1, int(self.eot_samples)) + (1 if self.clean_pass else 0)
+
+
+def state_bytes(passes: Passes) -> int:
+    """Bytes per pixel of the whole image a step holds whatever its tiles: the image's own tensors and, with the
+    visibility term at full resolution, HaarPSI's forward and backward."""
+    return PIXEL_STATE_BYTES + (FULL_VISIBILITY_BYTES if passes.full_visibility else 0)
 
 
 _PROBES: dict[tuple, Probe] = {}  # by encoder name (weights fingerprint), device, dtype and probe size
@@ -216,7 +227,7 @@ def estimate_cost(probed: Probe, height: int, width: int, images: int, steps: in
     pass_pixels = max((t.crop_pixels for t in tiles), default=pixels)
     work_pixels = sum(t.crop_pixels for t in tiles) or pixels
     batch = batch_bytes(ph, pw, images)
-    peak = (probed.bytes_per_pixel * passes.per_step * pass_pixels + PIXEL_STATE_BYTES * pixels) * OVERHEAD
+    peak = (probed.bytes_per_pixel * passes.per_step * pass_pixels + state_bytes(passes) * pixels) * OVERHEAD
     peak += batch if batch_in_peak else 0.0
     step = probed.seconds_per_pixel * work_pixels * step_passes(probed, passes)
     seconds = step * (int(steps) + FIXED_STEPS) * int(images)
@@ -230,7 +241,7 @@ def max_tile_side(probed: Probe, height: int, width: int, free_bytes: float, pas
     ``passes.margin`` px of context; 0 when not even a 64 px tile fits. (``passes.tile`` is not read: this is what
     chooses it.)"""
     room = ((HEADROOM * float(free_bytes) - float(reserved_bytes)) / OVERHEAD
-            - PIXEL_STATE_BYTES * int(height) * int(width))
+            - state_bytes(passes) * int(height) * int(width))
     if room <= 0:
         return 0
     crop = (room / max(probed.bytes_per_pixel * passes.per_step, 1e-9)) ** 0.5

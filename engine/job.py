@@ -88,7 +88,8 @@ class CloakJob:
         self.padded_size = (-(-int(h) // encoder.multiple) * encoder.multiple,
                             -(-int(w) // encoder.multiple) * encoder.multiple)
         self.eot = ROBUSTNESS_LEVELS[settings.robustness]
-        self.passes = passes_of(self.eot, settings.margin)
+        self.passes = dataclasses.replace(passes_of(self.eot, settings.margin), full_visibility=(
+            settings.visibility_weight > 0 and settings.visibility_measure == "full" and settings.budget != "linf"))
         # the tile side every image uses (0: whole); plan() narrows it to what the free memory allows
         self.tile = tile_side(settings, *self.padded_size, None, self.device.type)
         self.estimate: CostEstimate | None = None

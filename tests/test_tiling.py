@@ -454,3 +454,22 @@ def test_calibration_and_the_report_decode_at_the_passes_precision(precision):
     want = torch.bfloat16 if precision == "bf16" else False
     assert all(dtype == want for _, dtype in seen), seen
     assert 0 <= res.reports[0]["mimic_share"] <= 1 or res.reports[0]["mimic_share"] != res.reports[0]["mimic_share"]
+
+
+def test_the_estimate_counts_the_full_resolution_visibility_term():
+    """The default style cloak charges 1 - HaarPSI of the whole image every step; its forward and backward hold about
+    440 bytes a pixel whatever the tiles (a 4096² default cloak peaked at 8.61 GiB, 6.4 GiB of it HaarPSI's), so the
+    up-front estimate and the tile choice count it, and a job that runs without the term does not."""
+    import dataclasses as dc
+    probed = est.Probe(1000.0, 1e-6)
+    plain = est.estimate_cost(probed, 4096, 4096, 1, 24, 8, est.Passes(tile=512, margin=32))
+    seen = est.estimate_cost(probed, 4096, 4096, 1, 24, 8, est.Passes(tile=512, margin=32, full_visibility=True))
+    assert seen.peak_bytes - plain.peak_bytes == pytest.approx(est.FULL_VISIBILITY_BYTES * 4096 ** 2 * est.OVERHEAD)
+    assert seen.peak_bytes > 8 * 2 ** 30 > plain.peak_bytes
+    assert est.max_tile_side(probed, 4096, 4096, 6 * 2 ** 30, est.Passes(full_visibility=True)) \
+        < est.max_tile_side(probed, 4096, 4096, 6 * 2 ** 30, est.Passes())
+    enc = E.EncoderEnsemble([dc.replace(local_encoder().members[0], decode=local_decoder())])
+    x = torch.rand(1, 3, 64, 64)
+    assert E.CloakJob(x, enc, E.settings_for("default", "default", "on")).passes.full_visibility
+    off = E.CloakOptions(decoded=False).settings()
+    assert not E.CloakJob(x, enc, off).passes.full_visibility
