@@ -84,6 +84,12 @@ class CloakSettings:
     def schedule(self) -> Schedule:
         return Schedule(self.steps, self.step_rule, self.lr, self.lr_final, self.patience)
 
+    @property
+    def visibility_charged(self) -> bool:
+        """Whether the loss charges the visibility term (1 - HaarPSI): a weight above 0 on a budget that takes it
+        (the L∞ box has no penalty)."""
+        return self.visibility_weight > 0 and self.budget != "linf"
+
     def make_budget(self):
         if self.budget == "adaptive":
             return AdaptiveBudget(self.eps, floor=self.floor, min_psnr=self.min_psnr, lowfreq_cut=self.lowfreq_cut,

@@ -89,7 +89,7 @@ class CloakJob:
                             -(-int(w) // encoder.multiple) * encoder.multiple)
         self.eot = ROBUSTNESS_LEVELS[settings.robustness]
         self.passes = dataclasses.replace(passes_of(self.eot, settings.margin), full_visibility=(
-            settings.visibility_weight > 0 and settings.visibility_measure == "full" and settings.budget != "linf"))
+            settings.visibility_charged and settings.visibility_measure == "full"))
         # the tile side every image uses (0: whole); plan() narrows it to what the free memory allows
         self.tile = tile_side(settings, *self.padded_size, None, self.device.type)
         self.estimate: CostEstimate | None = None
@@ -145,7 +145,7 @@ class CloakJob:
             if not self.objective_note:
                 self.objective_note = describe_objective(objective) + (
                     f"; visibility 1 - HaarPSI ({s.visibility_measure}) x {s.visibility_weight:g}"
-                    if s.visibility_weight > 0 and s.budget != "linf" else "")
+                    if s.visibility_charged else "")
             reports.append({**self._mimic(objective, scoring, x, x_adv),
                 "psnr": float(metrics.psnr(x_adv, x)[0]),
                 "ssim": float(metrics.ssim(x_adv, x)[0]),

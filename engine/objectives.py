@@ -367,20 +367,17 @@ class DecodedLatentMatch(LatentMatch):
         a 2048² picture through TAEF2 peaked at 2.76 GiB RSS against 3.35 GiB with one whole-image pass). Exact
         for the TAE family; a full KL VAE's style layers hold GroupNorms, which normalise each tile by its own
         statistics there (this only sets the style term's unit, its start distance). ``dtype``: the layers' autocast
-        precision, as :func:`style_stats_of`'s."""
+        precision (:func:`style_taps_at`)."""
         tile, margin = tile or STYLE_TILE, STYLE_MARGIN if margin is None else margin
         h, w = pixels.shape[-2:]
         if h * w <= (tile + 2 * margin) ** 2:
             with torch.no_grad():
                 return self.style_stats(k, pixels, None, dtype)
         sums: dict = {}
-        low = dtype is not None and dtype != torch.float32
         with torch.no_grad():
             for tl in plan_tiles(h, w, tile, margin, 1):
                 crop = pixels[..., tl.cy0:tl.cy1, tl.cx0:tl.cx1]
-                with torch.autocast(pixels.device.type, dtype=dtype) if low else contextlib.nullcontext():
-                    taps = list(style_taps(self.style_net(k), crop))
-                for i, f in enumerate(taps):
+                for i, f in enumerate(style_taps_at(self.style_net(k), crop, dtype)):
                     sc = (tl.cy1 - tl.cy0) // f.shape[-2]
                     f = f[..., (tl.y0 - tl.cy0) // sc:(tl.y1 - tl.cy0) // sc, (tl.x0 - tl.cx0) // sc:(tl.x1 - tl.cx0) // sc]
                     f = f.reshape(f.shape[0], f.shape[1], -1).float()
@@ -585,19 +582,22 @@ def style_taps(net, pixels: torch.Tensor):
             return
 
 
+def style_taps_at(net, pixels: torch.Tensor, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+    """:func:`style_taps` as a list, the layers run under autocast to ``dtype`` (bfloat16 / float16) as the encoder's
+    passes are (a default cloak's style layers ran float32 beside bf16 passes: a quarter of its time,
+    docs/evidence.md); None or float32: as the network's weights are. Whatever reads the outputs runs outside the
+    autocast, so statistics taken from them stay float32."""
+    low = dtype is not None and dtype != torch.float32
+    with torch.autocast(pixels.device.type, dtype=dtype) if low else contextlib.nullcontext():
+        return list(style_taps(net, pixels))
+
+
 def style_stats_of(net, pixels: torch.Tensor, core=None, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
     """Per image, channel means and centred Gram matrices (flattened) of each style layer of ``net`` (a
-    :func:`style_stack`) on ``pixels``; ``core`` (rows, columns) in pixels: that window of each layer only.
-    ``dtype`` (bfloat16 / float16): the layers run under autocast to it, as the encoder's passes do (a default
-    cloak's style layers ran float32 beside bf16 passes and took half its time, docs/evidence.md); the statistics
-    stay float32 whatever it is."""
-    if dtype is not None and dtype != torch.float32:
-        with torch.autocast(pixels.device.type, dtype=dtype):
-            taps = list(style_taps(net, pixels))
-    else:
-        taps = style_taps(net, pixels)
+    :func:`style_stack`) on ``pixels``; ``core`` (rows, columns) in pixels: that window of each layer only;
+    ``dtype``: the layers' autocast precision (:func:`style_taps_at`), the statistics float32 whatever it is."""
     out = []
-    for f in taps:
+    for f in style_taps_at(net, pixels, dtype):
         if core is not None:
             sc = pixels.shape[-2] // f.shape[-2]
             f = f[..., core[0].start // sc:core[0].stop // sc, core[1].start // sc:core[1].stop // sc]
